@@ -146,7 +146,9 @@ def validate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
     if errors:
         err = errors[0]
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise ResRankError(f"{source}: config key '{key}': {err.message}; see config/schema.yaml for allowed values")
+        raise ResRankError(
+            f"{source}: config key '{key}': {err.message}; see config/schema.yaml for allowed values"
+        )
     return data
 
 
@@ -171,8 +173,15 @@ def resolve(data: dict[str, Any], variant: str = "resrank", source: str = "confi
     resolved = validate(merge(data, variants[variant] or {}), f"{source} (variant '{variant}')")
     data_root = resolved.get("data_root") or os.environ.get("RESRANK_DATA") or None
     train = resolved["train"]
+    for name in train["stage_order"]:
+        if name not in train["stages"]:
+            raise ResRankError(
+                f"{source} (variant '{variant}'): config key 'train.stage_order' names stage '{name}' "
+                f"but 'train.stages' defines only: {', '.join(sorted(train['stages'])) or '(none)'}"
+            )
     stages = tuple(
-        _build(StageConfig, {**train["stages"][name], "name": name, "datasets": tuple(train["stages"][name]["datasets"])})
+        _build(StageConfig, {**train["stages"][name], "name": name,
+                              "datasets": tuple(train["stages"][name]["datasets"])})
         for name in train["stage_order"]
     )
     return ResRankConfig(

@@ -67,17 +67,19 @@ def open_text(path: str | Path) -> IO[str]:
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, line)`` without the newline, refusing non-UTF-8 input clearly."""
+    """Yield ``(line_number, line)`` without the newline, refusing non-UTF-8 input clearly.
+
+    Lines are decoded one at a time so the error names the offending line.
+    """
     path = _existing(path)
-    with open_text(path) as handle:
-        lineno = 0
-        try:
-            for lineno, line in enumerate(handle, start=1):  # noqa: B007
-                yield lineno, line.rstrip("\n").rstrip("\r")
-        except UnicodeDecodeError:
-            raise ResRankError(
-                f"{path}:{lineno + 1}: not valid UTF-8 text; re-encode the file as UTF-8"
-            ) from None
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ResRankError(f"{path}:{lineno}: not valid UTF-8 text; re-encode the file as UTF-8") from None
+            yield lineno, line.rstrip("\n").rstrip("\r")
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
