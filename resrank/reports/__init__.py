@@ -1,0 +1,1 @@
+"""Tables, figures and reports, all derived from the DAG's metric and stats files."""

@@ -1,0 +1,349 @@
+"""The `resrank` command line: a thin layer that parses arguments and calls the library.
+
+Every subcommand takes the profile config (``--config``) where settings matter; bad input
+raises ``ResRankError`` which is printed as one line (exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from resrank.errors import ResRankError
+
+log = logging.getLogger("resrank")
+
+
+# --------------------------------------------------------------------------- data
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.data.registry import prepare_dataset
+
+    cfg = load_config(args.config)
+    manifest = prepare_dataset(args.dataset, cfg.data_root, args.out, cfg.raw["datasets"]["definitions"])
+    if manifest.get("available", True):
+        log.info("prepared %s: %s", args.dataset, manifest.get("counts"))
+    else:
+        log.warning("dataset %s not available: %s", args.dataset, manifest.get("reason"))
+
+
+def cmd_data_list(args: argparse.Namespace) -> None:
+    from resrank.data.registry import dataset_names, get_spec, is_available
+
+    for name in dataset_names():
+        ok, reason = is_available(name, args.data_root)
+        spec = get_spec(name)
+        status = "available" if ok else f"unavailable ({reason})"
+        print(f"{name:20s} {spec.source:17s} {status}")
+
+
+def cmd_data_embedded(args: argparse.Namespace) -> None:
+    import json
+
+    from resrank.data.embedded import collection_stats
+
+    print(json.dumps(collection_stats(), indent=2))
+
+
+# ---------------------------------------------------------------------- retrieval
+def cmd_retrieve_bm25(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.first_stage import first_stage_run
+    from resrank.io import write_trec_run
+
+    cfg = load_config(args.config)
+    run = first_stage_run(Path(args.data), cfg.retrieval)
+    write_trec_run(args.out, run, tag="bm25")
+
+
+def cmd_retrieve_dense(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.rerank import dense_first_stage
+
+    cfg = load_config(args.config, args.variant)
+    dense_first_stage(cfg, Path(args.data), args.embeddings, args.checkpoint, args.out)
+
+
+def cmd_retrieve_fuse(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.io import read_trec_run, write_trec_run
+    from resrank.retrieval.fusion import reciprocal_rank_fusion
+
+    cfg = load_config(args.config)
+    fused = reciprocal_rank_fusion([read_trec_run(p) for p in args.runs], k=args.k, depth=cfg.retrieval.depth)
+    write_trec_run(args.out, fused, tag="rrf")
+
+
+# ------------------------------------------------------------------ train / rerank
+def cmd_train(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.train.entry import train_from_prepared
+
+    cfg = load_config(args.config, args.variant)
+    datasets = [d for d in (args.datasets or "").split(",") if d]
+    train_from_prepared(cfg, args.stage, datasets, Path(args.data_dir), Path(args.runs_dir), Path(args.out),
+                        Path(args.init) if args.init else None)
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.rerank import encode_dataset
+
+    cfg = load_config(args.config, args.variant)
+    encode_dataset(cfg, Path(args.data), Path(args.first_stage), None if args.untrained else args.checkpoint,
+                   Path(args.out))
+
+
+def cmd_rerank(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.rerank import rerank_dataset
+
+    cfg = load_config(args.config, args.variant)
+    rerank_dataset(
+        cfg,
+        data_dir=Path(args.data),
+        first_stage=Path(args.first_stage),
+        embeddings=Path(args.embeddings),
+        checkpoint=None if args.untrained else args.checkpoint,
+        out_run=Path(args.out),
+        out_stats=Path(args.stats) if args.stats else None,
+        encoder_only=args.encoder_only,
+        order=args.order,
+    )
+
+
+def cmd_position(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.rerank import position_study
+
+    cfg = load_config(args.config, args.variant)
+    position_study(cfg, Path(args.data), Path(args.first_stage), Path(args.embeddings),
+                   None if args.untrained else args.checkpoint, args.random_orders, Path(args.out))
+
+
+# ---------------------------------------------------------------------- evaluate
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from resrank.config import load_config
+    from resrank.data.prepared import read_manifest, read_prepared_qrels
+    from resrank.eval.metrics import evaluate, write_metrics_json
+    from resrank.io import read_trec_run, sha256_file
+    from resrank.provenance import provenance
+
+    cfg = load_config(args.config) if args.config else None
+    if args.data:
+        qrels = read_prepared_qrels(Path(args.data))
+        checksums = read_manifest(Path(args.data)).get("sha256", {})
+    elif args.qrels:
+        from resrank.io import read_trec_qrels
+
+        qrels = read_trec_qrels(args.qrels)
+        checksums = {Path(args.qrels).name: sha256_file(args.qrels)}
+    else:
+        raise ResRankError("evaluate needs --data (a prepared dataset folder) or --qrels (a TREC qrels file)")
+    run = read_trec_run(args.run)
+    result = evaluate(run, qrels)
+    checksums = {**checksums, f"run:{Path(args.run).name}": sha256_file(args.run)}
+    prov = provenance(cfg.fingerprint() if cfg else None, checksums)
+    if args.out:
+        write_metrics_json(args.out, result, system=args.system, dataset=args.dataset, provenance=prov)
+    for metric, value in result.summary.items():
+        print(f"{args.system}\t{args.dataset}\t{metric}\t{value:.4f}\t{result.n_queries}")
+
+
+# ----------------------------------------------------------------------- reports
+def cmd_report_collect(args: argparse.Namespace) -> None:
+    from resrank.reports.collect import collect_metrics
+
+    collect_metrics(args.config, [Path(p) for p in args.metrics], Path(args.out))
+
+
+def cmd_report_tables(args: argparse.Namespace) -> None:
+    from resrank.reports.tables import write_tables
+
+    write_tables(args.config, Path(args.metrics), Path(args.out_dir))
+
+
+def cmd_report_ablations(args: argparse.Namespace) -> None:
+    from resrank.reports.ablations import write_ablation_tables
+
+    write_ablation_tables(args.config, Path(args.out_dir))
+
+
+def cmd_report_figures(args: argparse.Namespace) -> None:
+    from resrank.reports.figures import write_figures
+
+    write_figures(args.config, Path(args.out_dir), [Path(p) for p in args.position])
+
+
+def cmd_report_notebook(args: argparse.Namespace) -> None:
+    from resrank.config import read_config_file, validate
+    from resrank.reports.notebook import render_report
+
+    config = validate(read_config_file(args.config), args.config)
+    out_dir = Path(config["results_dir"]) / config["profile"]
+    render_report(Path(args.notebook), out_dir, config["profile"], Path(args.executed), Path(args.html))
+
+
+def cmd_bench_efficiency(args: argparse.Namespace) -> None:
+    from resrank.bench.efficiency import efficiency_from_config
+
+    efficiency_from_config(args.config, Path(args.out_dir), Path(args.fig_dir))
+
+
+# ------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resrank", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(group: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], None],
+            help: str) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def config_arg(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--config", required=required, help="profile config YAML (e.g. config/config.yaml)")
+
+    def variant_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--variant", default="resrank", help="system/variant name from the config's `variants`")
+
+    def checkpoint_args(p: argparse.ArgumentParser) -> None:
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--checkpoint", help="trained stage folder (holding model.safetensors)")
+        g.add_argument("--untrained", action="store_true", help="use the configured models before training")
+
+    data = add(sub, "data", lambda a: None, "prepare and inspect datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = add(data_sub, "prepare", cmd_data_prepare, "load a registered dataset and write the prepared layout")
+    config_arg(p)
+    p.add_argument("--dataset", required=True, help="short name, e.g. dl19, scifact, embedded")
+    p.add_argument("--out", required=True, help="output folder")
+    p = add(data_sub, "list", cmd_data_list, "list registered datasets and whether their data is reachable")
+    p.add_argument("--data-root", default=None, help="data folder (default: $RESRANK_DATA)")
+    add(data_sub, "embedded", cmd_data_embedded, "print counts and fingerprint of the embedded collection")
+
+    retrieve = add(sub, "retrieve", lambda a: None, "first-stage retrieval")
+    r_sub = retrieve.add_subparsers(dest="retrieve_command", required=True)
+    p = add(r_sub, "bm25", cmd_retrieve_bm25,
+            "BM25 over the prepared corpus, or import the dataset's candidate file / published run")
+    config_arg(p)
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--out", required=True, help="output TREC run")
+    p = add(r_sub, "dense", cmd_retrieve_dense, "dense retrieval over the corpus with the trained encoder")
+    config_arg(p)
+    variant_arg(p)
+    checkpoint_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--embeddings", required=True, help="passage embedding file from `resrank encode`")
+    p.add_argument("--out", required=True)
+    p = add(r_sub, "fuse", cmd_retrieve_fuse, "reciprocal-rank fusion of runs (ranx)")
+    config_arg(p)
+    p.add_argument("--runs", nargs="+", required=True)
+    p.add_argument("--k", type=int, default=60, help="RRF constant")
+    p.add_argument("--out", required=True)
+
+    p = add(sub, "train", cmd_train, "train one stage of one variant on prepared datasets")
+    config_arg(p)
+    variant_arg(p)
+    p.add_argument("--stage", required=True, help="stage name from train.stage_order")
+    p.add_argument("--datasets", default=None, help="comma-separated training datasets (default: the stage's)")
+    p.add_argument("--data-dir", required=True, help="folder of prepared datasets")
+    p.add_argument("--runs-dir", required=True, help="folder of first-stage runs (<dataset>/bm25.trec)")
+    p.add_argument("--init", default=None, help="previous stage folder to start from")
+    p.add_argument("--out", required=True, help="stage folder (checkpoints, loss log, DONE)")
+
+    p = add(sub, "encode", cmd_encode, "embed a dataset's passages once per checkpoint (cached on disk)")
+    config_arg(p)
+    variant_arg(p)
+    checkpoint_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--first-stage", required=True, help="TREC run whose candidates must be embedded")
+    p.add_argument("--out", required=True)
+
+    p = add(sub, "rerank", cmd_rerank, "rerank first-stage candidates in one forward pass per query")
+    config_arg(p)
+    variant_arg(p)
+    checkpoint_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--first-stage", required=True)
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--stats", default=None, help="JSON with tokens, forward passes and latency per query")
+    p.add_argument("--encoder-only", action="store_true", help="cosine of encoder vectors (baseline)")
+    p.add_argument("--order", default="first-stage",
+                   help="candidate order fed to the reranker: first-stage | reversed | random:<seed>")
+
+    p = add(sub, "position", cmd_position, "nDCG@10 with candidates fed in first-stage, reversed and random orders")
+    config_arg(p)
+    variant_arg(p)
+    checkpoint_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--first-stage", required=True)
+    p.add_argument("--embeddings", required=True)
+    p.add_argument("--random-orders", type=int, default=3, help="number of random permutations")
+    p.add_argument("--out", required=True, help="JSON with nDCG@10 per input order")
+
+    p = add(sub, "evaluate", cmd_evaluate, "nDCG@10, MAP@100, Recall@100 as trec_eval -c computes them")
+    config_arg(p, required=False)
+    p.add_argument("--run", required=True)
+    p.add_argument("--data", default=None, help="prepared dataset folder (its qrels)")
+    p.add_argument("--qrels", default=None, help="TREC qrels file (instead of --data)")
+    p.add_argument("--system", default="run")
+    p.add_argument("--dataset", default="dataset")
+    p.add_argument("--out", default=None, help="metrics JSON (summary, per-query values, provenance)")
+
+    report = add(sub, "report", lambda a: None, "tables, figures and reports from metric files")
+    rep_sub = report.add_subparsers(dest="report_command", required=True)
+    p = add(rep_sub, "collect", cmd_report_collect, "gather metric files into the tidy metrics.csv")
+    config_arg(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("metrics", nargs="*", help="metric JSON files")
+    p = add(rep_sub, "tables", cmd_report_tables, "main and reproduced-vs-published tables (md, csv, tex)")
+    config_arg(p)
+    p.add_argument("--metrics", required=True, help="metrics.csv")
+    p.add_argument("--out-dir", required=True)
+    p = add(rep_sub, "ablations", cmd_report_ablations, "ablation and candidate-pool tables with paired t-tests")
+    config_arg(p)
+    p.add_argument("--out-dir", required=True)
+    p = add(rep_sub, "figures", cmd_report_figures, "all report figures (PNG and PDF)")
+    config_arg(p)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("position", nargs="*", help="position-study JSON files")
+    p = add(rep_sub, "notebook", cmd_report_notebook, "execute the report notebook and convert it to HTML")
+    config_arg(p)
+    p.add_argument("--notebook", default="notebooks/report.ipynb")
+    p.add_argument("--executed", required=True, help="executed notebook path")
+    p.add_argument("--html", required=True, help="HTML report path")
+
+    bench = add(sub, "bench", lambda a: None, "benchmarks")
+    b_sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = add(b_sub, "efficiency", cmd_bench_efficiency,
+            "latency/tokens of one-step, autoregressive and full-text reranking on one backbone")
+    config_arg(p)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--fig-dir", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except ResRankError as err:
+        print(f"resrank: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resrank: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

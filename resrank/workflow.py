@@ -1,0 +1,117 @@
+"""What the Snakemake DAG should contain for a config: datasets reachable, systems per dataset.
+
+The Snakefile calls these at parse time; they only look at the config and the dataset
+registry (cheap availability checks), never at results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from resrank.config import resolve, validate
+from resrank.data.registry import get_spec, is_available
+
+BASELINE_SYSTEMS = ("encoder-untrained", "encoder-only")
+"""Cosine reranking of the candidates with the untrained encoder and with the jointly trained one."""
+
+MAIN_VARIANT = "resrank"
+
+
+@dataclass(frozen=True)
+class Plan:
+    out: str
+    config_path: str
+    variants: tuple[str, ...]
+    eval_available: tuple[str, ...]
+    eval_unavailable: dict[str, str]
+    rerankable: tuple[str, ...]
+    with_corpus: tuple[str, ...]
+    pools: tuple[str, ...]
+    train_datasets: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    stage_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    train_unavailable: dict[str, str] = field(default_factory=dict)
+
+    def systems(self, dataset: str) -> list[str]:
+        """Every run the DAG produces for one evaluation dataset."""
+        systems = ["bm25"]
+        if dataset in self.rerankable:
+            systems += [*BASELINE_SYSTEMS, *self.variants]
+        if dataset in self.with_corpus:
+            for pool in self.pools:
+                if pool == "bm25":
+                    continue
+                systems += [pool, f"{MAIN_VARIANT}@{pool}"]
+        return systems
+
+    def all_datasets(self) -> list[str]:
+        """Evaluation and training datasets whose data must be prepared."""
+        names = list(self.eval_available)
+        for stages in self.train_datasets.values():
+            for datasets in stages.values():
+                names += [d for d in datasets if d not in names]
+        return names
+
+
+def make_plan(config: dict[str, Any]) -> Plan:
+    config = validate(config)
+    out = str(Path(config["results_dir"]) / config["profile"])
+    root = config.get("data_root")
+    extra = config["datasets"]["definitions"]
+    available: list[str] = []
+    unavailable: dict[str, str] = {}
+    for name in config["datasets"]["eval"]:
+        ok, reason = is_available(name, root, extra)
+        if ok:
+            available.append(name)
+        else:
+            unavailable[name] = reason
+    rerankable = tuple(n for n in available if get_spec(n, extra).has_texts)
+    with_corpus = tuple(n for n in available if get_spec(n, extra).has_corpus)
+
+    variants = tuple(config["variants"])
+    train_datasets: dict[str, dict[str, tuple[str, ...]]] = {}
+    stage_order: dict[str, tuple[str, ...]] = {}
+    train_unavailable: dict[str, str] = {}
+    for variant in variants:
+        resolved = resolve(config, variant)
+        stage_order[variant] = tuple(s.name for s in resolved.train.stages)
+        train_datasets[variant] = {}
+        for stage in resolved.train.stages:
+            usable = []
+            for name in stage.datasets:
+                ok, reason = is_available(name, root, extra)
+                if ok:
+                    usable.append(name)
+                else:
+                    train_unavailable[name] = reason
+            train_datasets[variant][stage.name] = tuple(usable)
+    return Plan(
+        out=out,
+        config_path=str(Path(out) / "config.yaml"),
+        variants=variants,
+        eval_available=tuple(available),
+        eval_unavailable=unavailable,
+        rerankable=rerankable,
+        with_corpus=with_corpus,
+        pools=tuple(config["pools"]),
+        train_datasets=train_datasets,
+        stage_order=stage_order,
+        train_unavailable=train_unavailable,
+    )
+
+
+def write_if_changed(path: str | Path, config: dict[str, Any]) -> None:
+    """Write the merged config for the CLI; untouched when equal so mtimes stay stable."""
+    path = Path(path)
+    text = yaml.safe_dump(json.loads(json.dumps(config)), sort_keys=True)
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return
+    from resrank.io import atomic_write
+
+    with atomic_write(path) as handle:
+        handle.write(text)

@@ -1,0 +1,122 @@
+# Tables, figures and the executed notebook report, all derived from DAG outputs.
+
+TABLE_EXTS = ("md", "csv", "tex")
+POSITION_VARIANTS = [v for v in ("resrank", "autoregressive") if v in PLAN.variants]
+
+
+def table_files(*names):
+    return [f"{OUT}/tables/{name}.{ext}" for name in names for ext in TABLE_EXTS]
+
+
+def figure_files(*names):
+    return [f"{OUT}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
+
+
+def position_files():
+    return [
+        f"{OUT}/position/{dataset}/{variant}.json"
+        for dataset in PLAN.rerankable
+        for variant in POSITION_VARIANTS
+    ]
+
+
+def report_outputs():
+    return [f"{OUT}/report.html"]
+
+
+rule tables:
+    input:
+        metrics=f"{OUT}/metrics.csv",
+    output:
+        table_files("main", "bm25_vs_published"),
+    params:
+        report=lambda w: section("report"),
+    log:
+        f"{OUT}/logs/tables.log",
+    shell:
+        "{RESRANK} report tables --config {CONFIG} --metrics {input.metrics} --out-dir {OUT}/tables 2> {log}"
+
+
+rule ablation_tables:
+    input:
+        metrics=f"{OUT}/metrics.csv",
+        stats=[f"{OUT}/stats/{d}/{v}.json" for d in PLAN.rerankable for v in PLAN.variants],
+    output:
+        table_files("ablations", "pools"),
+    log:
+        f"{OUT}/logs/ablation_tables.log",
+    shell:
+        "{RESRANK} report ablations --config {CONFIG} --out-dir {OUT}/tables 2> {log}"
+
+
+rule position_study:
+    input:
+        data=f"{OUT}/data/{{dataset}}/manifest.json",
+        first_stage=f"{OUT}/runs/{{dataset}}/bm25.trec",
+        embeddings=f"{OUT}/embeddings/{{variant}}/{{dataset}}.safetensors",
+        checkpoint=lambda w: final_model(w.variant),
+    output:
+        f"{OUT}/position/{{dataset}}/{{variant}}.json",
+    wildcard_constraints:
+        variant=VARIANTS_RE,
+    params:
+        checkpoint=lambda w: checkpoint_flag(w.variant),
+        orders=config["report"]["position_orders"],
+    log:
+        f"{OUT}/logs/position/{{dataset}}/{{variant}}.log",
+    shell:
+        "{RESRANK} position --config {CONFIG} --variant {wildcards.variant} {params.checkpoint}"
+        " --data {OUT}/data/{wildcards.dataset} --first-stage {input.first_stage}"
+        " --embeddings {input.embeddings} --random-orders {params.orders} --out {output} 2> {log}"
+
+
+rule efficiency:
+    """Latency and token counts of the four reranking methods on one backbone (random weights)."""
+    output:
+        table_files("efficiency"),
+        f"{OUT}/tables/efficiency.json",
+    params:
+        efficiency=lambda w: section("efficiency"),
+    threads: 2
+    log:
+        f"{OUT}/logs/efficiency.log",
+    shell:
+        "{RESRANK} bench efficiency --config {CONFIG} --out-dir {OUT}/tables --fig-dir {OUT}/figures 2> {log}"
+
+
+rule figures:
+    input:
+        metrics=f"{OUT}/metrics.csv",
+        ablations=f"{OUT}/tables/ablations.csv",
+        efficiency=f"{OUT}/tables/efficiency.csv",
+        position=position_files(),
+        models=[final_model(v) for v in PLAN.variants],
+    output:
+        report(
+            figure_files("ndcg_per_dataset"),
+            caption="../report/ndcg_per_dataset.rst",
+            category="Figures",
+        ),
+        report(figure_files("ablation_deltas"), caption="../report/ablation_deltas.rst", category="Figures"),
+        report(figure_files("loss_curves"), caption="../report/loss_curves.rst", category="Figures"),
+        report(figure_files("efficiency_scaling"), caption="../report/efficiency.rst", category="Figures"),
+        report(figure_files("position_sensitivity"), caption="../report/position.rst", category="Figures"),
+    log:
+        f"{OUT}/logs/figures.log",
+    shell:
+        "{RESRANK} report figures --config {CONFIG} --out-dir {OUT}/figures {input.position} 2> {log}"
+
+
+rule notebook_report:
+    input:
+        table_files("main", "bm25_vs_published", "ablations", "pools", "efficiency"),
+        rules.figures.output,
+        notebook="notebooks/report.ipynb",
+    output:
+        notebook=f"{OUT}/report.ipynb",
+        html=report(f"{OUT}/report.html", caption="../report/report.rst", category="Report"),
+    log:
+        f"{OUT}/logs/notebook_report.log",
+    shell:
+        "{RESRANK} report notebook --config {CONFIG} --notebook {input.notebook}"
+        " --executed {output.notebook} --html {output.html} 2> {log}"
