@@ -20,7 +20,7 @@ log = logging.getLogger("resrank")
 # --------------------------------------------------------------------------- data
 def cmd_data_prepare(args: argparse.Namespace) -> None:
     from resrank.config import load_config
-    from resrank.data.registry import prepare_dataset
+    from resrank.data.prepared import prepare_dataset
 
     cfg = load_config(args.config)
     manifest = prepare_dataset(args.dataset, cfg.data_root, args.out, cfg.raw["datasets"]["definitions"])
@@ -70,10 +70,10 @@ def cmd_retrieve_dense(args: argparse.Namespace) -> None:
 def cmd_retrieve_fuse(args: argparse.Namespace) -> None:
     from resrank.config import load_config
     from resrank.io import read_trec_run, write_trec_run
-    from resrank.retrieval.fusion import reciprocal_rank_fusion
+    from resrank.retrieval.fusion import rrf_fuse
 
     cfg = load_config(args.config)
-    fused = reciprocal_rank_fusion([read_trec_run(p) for p in args.runs], k=args.k, depth=cfg.retrieval.depth)
+    fused = rrf_fuse([read_trec_run(p) for p in args.runs], depth=cfg.retrieval.depth, k=args.k)
     write_trec_run(args.out, fused, tag="rrf")
 
 

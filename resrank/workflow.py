@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from resrank.config import resolve, validate
-from resrank.data.registry import get_spec, is_available
+from resrank.data.registry import DatasetSpec, get_spec, is_available, resolve_paths
 
 BASELINE_SYSTEMS = ("encoder-untrained", "encoder-only")
 """Cosine reranking of the candidates with the untrained encoder and with the jointly trained one."""
@@ -70,8 +70,8 @@ def make_plan(config: dict[str, Any]) -> Plan:
             available.append(name)
         else:
             unavailable[name] = reason
-    rerankable = tuple(n for n in available if get_spec(n, extra).has_texts)
-    with_corpus = tuple(n for n in available if get_spec(n, extra).has_corpus)
+    rerankable = tuple(n for n in available if has_texts(get_spec(n, extra), root))
+    with_corpus = tuple(n for n in available if get_spec(n, extra).first_stage == "bm25")
 
     variants = tuple(config["variants"])
     train_datasets: dict[str, dict[str, tuple[str, ...]]] = {}
@@ -103,6 +103,14 @@ def make_plan(config: dict[str, Any]) -> Plan:
         stage_order=stage_order,
         train_unavailable=train_unavailable,
     )
+
+
+def has_texts(spec: DatasetSpec, data_root: str | None) -> bool:
+    """Whether the candidates come with passage texts (reranking needs them)."""
+    if spec.first_stage in ("bm25", "candidates"):
+        return True
+    paths = resolve_paths(spec, data_root)
+    return "corpus" in paths and paths["corpus"].exists()
 
 
 def write_if_changed(path: str | Path, config: dict[str, Any]) -> None:

@@ -78,9 +78,9 @@ def ablation_deltas(ablations_csv: Path, stem: Path) -> list[Path]:
 
 
 def loss_curves(models_dir: Path, stem: Path) -> list[Path]:
-    logs = sorted(models_dir.glob("*/*/loss.jsonl"))
+    logs = sorted(models_dir.glob("*/*/train_log.jsonl"))
     if not logs:
-        raise ResRankError(f"{models_dir}: no loss logs (*/<stage>/loss.jsonl) found")
+        raise ResRankError(f"{models_dir}: no loss logs (*/<stage>/train_log.jsonl) found")
     stages = sorted({p.parent.name for p in logs})
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.6), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):

@@ -38,19 +38,31 @@ def read_metrics(path: Path) -> pd.DataFrame:
     return frame
 
 
+ALIAS_SUFFIXES = ("", "-run", "-irds")
+"""A paper column is filled by the dataset of that name or its registry alternatives."""
+
+
 def cell(frame: pd.DataFrame, system: str, dataset: str, metric: str = "ndcg@10") -> float | None:
     """One value of metrics.csv (None when that run does not exist)."""
-    hit = frame[(frame.system == system) & (frame.dataset == dataset) & (frame.metric == metric)]
-    return None if hit.empty else float(hit.value.iloc[0])
+    for suffix in ALIAS_SUFFIXES:
+        hit = frame[(frame.system == system) & (frame.dataset == dataset + suffix) & (frame.metric == metric)]
+        if not hit.empty:
+            return float(hit.value.iloc[0])
+    return None
+
+
+def _alias_in(dataset: str, names: Any) -> str | None:
+    return next((dataset + s for s in ALIAS_SUFFIXES if dataset + s in names), None)
 
 
 def _status(dataset: str, config: dict[str, Any], unavailable: dict[str, str], system: str,
             rerankable: set[str]) -> str:
-    if dataset in unavailable:
-        return UNAVAILABLE
-    if dataset not in config["datasets"]["eval"]:
+    name = _alias_in(dataset, config["datasets"]["eval"])
+    if name is None:
         return NOT_RUN
-    if system != "bm25" and dataset not in rerankable:
+    if name in unavailable:
+        return UNAVAILABLE
+    if system != "bm25" and name not in rerankable:
         return NO_TEXTS
     return NOT_RUN
 
@@ -58,7 +70,8 @@ def _status(dataset: str, config: dict[str, Any], unavailable: dict[str, str], s
 def main_table(frame: pd.DataFrame, config: dict[str, Any], plan: Any) -> tuple[list[str], list[list[Any]]]:
     refs = load_references()
     columns, beir = refs["columns"], refs["beir"]
-    extra = [d for d in config["datasets"]["eval"] if d not in columns]
+    extra = [d for d in config["datasets"]["eval"]
+             if not any(d == c + s for c in columns for s in ALIAS_SUFFIXES)]
     header = ["system", *columns, "BEIR avg", *extra, "source"]
     rows: list[list[Any]] = []
     for ref in refs["systems"]:
@@ -97,10 +110,12 @@ def bm25_vs_published(frame: pd.DataFrame, plan: Any, tolerance: float) -> tuple
     for dataset, ref in published.items():
         ours = cell(frame, "bm25", dataset)
         if ours is None:
-            reason = plan.eval_unavailable.get(dataset, NOT_RUN)
+            name = _alias_in(dataset, plan.eval_unavailable)
+            reason = plan.eval_unavailable[name] if name else NOT_RUN
             rows.append([dataset, ref, None, None, None, f"not run: {reason}"])
             continue
-        n = int(frame[(frame.system == "bm25") & (frame.dataset == dataset)].n_queries.iloc[0])
+        name = _alias_in(dataset, set(frame.dataset))
+        n = int(frame[(frame.system == "bm25") & (frame.dataset == name)].n_queries.iloc[0])
         diff = ours - ref
         status = "ok" if abs(diff) <= tolerance else f"DIFFERS beyond ±{tolerance}"
         rows.append([dataset, ref, ours, diff, n, status])

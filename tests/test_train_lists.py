@@ -1,0 +1,154 @@
+"""Training-list construction: candidates, labels, inserted positives, hard negatives, teacher files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resrank.data.types import Candidate, CandidateList, Dataset, Passage, Query
+from resrank.errors import ResRankError
+from resrank.train.lists import TrainingList, build_lists, read_lists, read_teacher_lists, write_lists
+
+
+def _corpus(n: int = 12) -> dict[str, Passage]:
+    return {f"d{i}": Passage(f"d{i}", f"text {i}", f"title {i}") for i in range(n)}
+
+
+def _run() -> dict[str, dict[str, float]]:
+    ranked = {
+        "q1": ["d0", "d1", "d2", "d3", "d4", "d5"],
+        "q2": ["d0", "d1", "d2", "d3", "d4", "d5", "d6"],  # relevant d6 below the cut
+        "q3": ["d0", "d1"],  # no relevant judgement
+        "q5": ["d3", "d4", "d5", "d7", "d8"],  # relevant d9 only in the corpus
+        "q6": ["d1", "d2"],  # relevant doc has no text anywhere
+    }
+    return {q: {d: 10.0 - r for r, d in enumerate(docs)} for q, docs in ranked.items()}
+
+
+def _dataset() -> Dataset:
+    queries = [Query(q, f"query {q}") for q in ("q1", "q2", "q3", "q4", "q5", "q6")]
+    qrels = {
+        "q1": {"d1": 2, "d3": 1, "d0": 0},
+        "q2": {"d6": 1, "d0": 0},
+        "q3": {"d0": 0},
+        "q4": {"d2": 1},  # no candidates
+        "q5": {"d9": 2, "d3": 0},
+        "q6": {"missing": 1},
+    }
+    return Dataset("toy", queries, qrels, corpus=_corpus())
+
+
+def test_qrels_lists_labels_positives_and_hard_negatives() -> None:
+    lists = build_lists(_dataset(), _run(), list_size=4, hard_negatives=2, labels="qrels", seed=1)
+    by_qid = {tl.query.qid: tl for tl in lists}
+    assert sorted(by_qid) == ["q1", "q2", "q5"]  # q3 unjudged-relevant, q4 no candidates, q6 no text
+
+    q1 = by_qid["q1"]
+    assert [p.docid for p in q1.passages] == ["d0", "d1", "d2", "d3"]
+    assert q1.labels == [0.0, 2.0, 0.0, 1.0]
+    assert q1.positives == [1, 3]
+    assert q1.hard_negatives == [0, 2]  # best-ranked non-relevant / unjudged
+    assert q1.passages[1].contents == "title 1\ntext 1"
+
+
+def test_missing_positive_is_inserted_replacing_the_last_candidate() -> None:
+    lists = build_lists(_dataset(), _run(), list_size=4, hard_negatives=3, labels="qrels", seed=1)
+    by_qid = {tl.query.qid: tl for tl in lists}
+    for qid, relevant, pool in (("q2", "d6", ["d0", "d1", "d2"]), ("q5", "d9", ["d3", "d4", "d5"])):
+        tl = by_qid[qid]
+        docids = [p.docid for p in tl.passages]
+        assert len(docids) == 4
+        assert [d for d in docids if d != relevant] == pool  # last candidate dropped, order kept
+        assert tl.positives == [docids.index(relevant)]
+        assert sum(1 for x in tl.labels if x > 0) == 1
+        assert tl.hard_negatives == [i for i in range(4) if i != tl.positives[0]]
+
+    again = build_lists(_dataset(), _run(), list_size=4, hard_negatives=3, labels="qrels", seed=1)
+    assert [tl.to_dict() for tl in again] == [tl.to_dict() for tl in lists]
+    positions = {seed: build_lists(_dataset(), _run(), 4, 3, "qrels", seed=seed)[1].positives[0] for seed in range(12)}
+    assert len(set(positions.values())) > 1  # the slot is random, not fixed
+
+
+def test_lists_from_precomputed_candidates_one_positive_each() -> None:
+    """Embedded-style data: one relevant passage per query -> lists of list_size, one positive."""
+    queries = [Query(f"q{i}", f"query {i}") for i in range(5)]
+    candidates = [
+        CandidateList(q, [Candidate(f"d{j}", 1.0 / (j + 1), text=f"text {j}") for j in range(10)]) for q in queries
+    ]
+    qrels = {f"q{i}": {f"d{2 * i}": 1} for i in range(5)}  # d8 is below a list_size of 6 for q4
+    ds = Dataset("embedded-like", queries, qrels, corpus=None, candidates=candidates)
+    lists = build_lists(ds, None, list_size=6, hard_negatives=3, labels="qrels", seed=0)
+    assert len(lists) == 5
+    for tl in lists:
+        assert len(tl.passages) == 6
+        assert len(tl.positives) == 1
+        assert tl.passages[tl.positives[0]].docid == next(iter(qrels[tl.query.qid]))
+        assert len(tl.hard_negatives) == 3 and tl.positives[0] not in tl.hard_negatives
+
+
+def test_no_run_and_no_candidates_is_a_clear_error() -> None:
+    with pytest.raises(ResRankError, match="no first-stage run"):
+        build_lists(_dataset(), None, 4, 2)
+    with pytest.raises(ResRankError, match="teacher permutation file"):
+        build_lists(_dataset(), _run(), 4, 2, labels="teacher")
+
+
+def test_teacher_jsonl_labels_follow_teacher_order(tmp_path: Path) -> None:
+    path = tmp_path / "teacher.jsonl"
+    rows = [
+        {
+            "query": "what is x",
+            "hits": [
+                {"qid": 7, "docid": "b", "content": "B", "score": 1.0},
+                {"qid": 7, "docid": "a", "content": "A", "score": 3.0},
+                {"qid": 7, "docid": "c", "content": "C", "score": 2.0},
+                {"qid": 7, "docid": "d", "content": "D", "score": 0.5},
+            ],
+        },
+        {"query": {"text": "judged query", "qid": "j1"}, "hits": [{"docid": "x", "content": "X"}, {"docid": "y"}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    lists = read_teacher_lists(path, list_size=3, hard_negatives=1, qrels={"j1": {"y": 1}})
+    first, second = lists
+    assert first.query.qid == "7"
+    assert [p.docid for p in first.passages] == ["b", "a", "c"]  # truncated to list_size
+    assert first.labels == [3.0, 2.0, 1.0]
+    assert first.positives == [0]  # unjudged query: the teacher's top-1
+    assert first.hard_negatives == [1]  # highest first-stage score among the rest
+    assert second.positives == [1]  # judged: qrels decide
+    assert second.labels == [2.0, 1.0]
+
+    ds = Dataset("t", [], {"j1": {"y": 1}})
+    via_build = build_lists(ds, None, 3, 1, labels="teacher", teacher_path=path)
+    assert [tl.to_dict() for tl in via_build] == [tl.to_dict() for tl in lists]
+
+
+def test_lists_roundtrip_jsonl(tmp_path: Path) -> None:
+    lists = build_lists(_dataset(), _run(), list_size=4, hard_negatives=2, seed=3)
+    write_lists(tmp_path / "lists.jsonl", lists)
+    assert [tl.to_dict() for tl in read_lists(tmp_path / "lists.jsonl")] == [tl.to_dict() for tl in lists]
+
+
+def test_training_list_validates_indices() -> None:
+    with pytest.raises(ResRankError, match="out of range"):
+        TrainingList(Query("q", "t"), [Passage("d", "x")], [1.0], positives=[1])
+    with pytest.raises(ResRankError, match="labels"):
+        TrainingList(Query("q", "t"), [Passage("d", "x")], [1.0, 0.0], positives=[0])
+
+
+@pytest.mark.slow
+def test_embedded_dataset_gives_full_lists_with_one_positive() -> None:
+    from resrank.config import RetrievalConfig
+    from resrank.data.embedded import build_embedded
+    from resrank.retrieval.bm25 import bm25_retrieve
+
+    ds = build_embedded("train")
+    ds.queries = ds.queries[:40]
+    run = bm25_retrieve(ds.corpus, ds.queries, RetrievalConfig("bm25s", 0.9, 0.4, 100, True), depth=30)
+    lists = build_lists(ds, run, list_size=8, hard_negatives=3, labels="qrels", seed=13)
+    assert len(lists) == 40
+    for tl in lists:
+        assert len(tl.passages) == 8 and len(tl.positives) == 1 and len(tl.hard_negatives) == 3
+        assert tl.labels[tl.positives[0]] > 0 and sum(tl.labels) == tl.labels[tl.positives[0]]
