@@ -188,7 +188,7 @@ def cmd_report_notebook(args: argparse.Namespace) -> None:
 
 
 def cmd_bench_efficiency(args: argparse.Namespace) -> None:
-    from resrank.bench.efficiency import efficiency_from_config
+    from resrank.bench.runner import efficiency_from_config
 
     efficiency_from_config(args.config, Path(args.out_dir), Path(args.fig_dir))
 

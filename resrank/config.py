@@ -130,6 +130,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             data = yaml.safe_load(handle) or {}
     except yaml.YAMLError as err:
         raise ResRankError(f"{path}: malformed YAML ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ResRankError(f"{path}: not valid UTF-8 text (byte {err.start}); re-encode the file as UTF-8") from None
     if not isinstance(data, dict):
         raise ResRankError(f"{path}: top level must be a mapping of config keys")
     return data
@@ -137,7 +139,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def validate(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
     """Validate against the schema and fill defaults (as Snakemake's ``validate`` does)."""
-    import jsonschema
+    jsonschema = _import_jsonschema()
 
     data = copy.deepcopy(data)
     schema = load_schema()
@@ -211,8 +213,22 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def _default_filling_validator(base: Any) -> Any:
+def _import_jsonschema() -> Any:
+    """jsonschema without its optional IRI format checker, whose grammar build costs ~1 s per CLI call.
+
+    The schema uses no ``format`` keywords, so nothing is lost.
+    """
+    import sys
+
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
     import jsonschema
+
+    return jsonschema
+
+
+def _default_filling_validator(base: Any) -> Any:
+    jsonschema = _import_jsonschema()
 
     validate_properties = base.VALIDATORS["properties"]
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -51,11 +52,16 @@ def read_json(path: str | Path) -> Any:
     path = _existing(path)
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            text = handle.read()
+        obj = json.loads(text)
+        _refuse_lone_surrogates(text, obj, str(path))
+        return obj
     except json.JSONDecodeError as err:
         raise ResRankError(f"{path}:{err.lineno}: malformed JSON ({err.msg}); fix or regenerate the file") from None
     except UnicodeDecodeError as err:
         raise ResRankError(f"{path}: not valid UTF-8 text (byte {err.start}); re-encode the file as UTF-8") from None
+    except (ValueError, RecursionError) as err:  # an integer of > 4300 digits, nesting deeper than Python's stack
+        raise ResRankError(f"{path}: unreadable JSON ({str(err)[:100]}); fix or regenerate the file") from None
 
 
 def open_text(path: str | Path) -> IO[str]:
@@ -72,14 +78,23 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
     Lines are decoded one at a time so the error names the offending line.
     """
     path = _existing(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        for lineno, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ResRankError(f"{path}:{lineno}: not valid UTF-8 text; re-encode the file as UTF-8") from None
-            yield lineno, line.rstrip("\n").rstrip("\r")
+    compressed = path.suffix == ".gz"
+    opener = gzip.open if compressed else open
+    lineno = 0
+    try:
+        with opener(path, "rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ResRankError(f"{path}:{lineno}: not valid UTF-8 text; re-encode the file as UTF-8") from None
+                yield lineno, line.rstrip("\n").rstrip("\r")
+    except (OSError, EOFError, zlib.error) as err:
+        if not compressed:
+            raise
+        raise ResRankError(
+            f"{path}:{lineno + 1}: not a valid gzip file ({err}); re-download it or compress it again with gzip"
+        ) from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -90,10 +105,29 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ResRankError(f"{path}:{lineno}: malformed JSON line ({err.msg})") from None
+            raise ResRankError(
+                f"{path}:{lineno}: malformed JSON line ({err.msg}); each line must be one complete JSON object: "
+                "fix the line or regenerate the file"
+            ) from None
+        except (ValueError, RecursionError) as err:  # an integer of > 4300 digits, nesting deeper than the stack
+            raise ResRankError(f"{path}:{lineno}: unreadable JSON line ({str(err)[:100]}); fix the line") from None
         if not isinstance(obj, dict):
             raise ResRankError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+        _refuse_lone_surrogates(line, obj, f"{path}:{lineno}")
         yield lineno, obj
+
+
+def _refuse_lone_surrogates(text: str, obj: Any, where: str) -> None:
+    """JSON may escape half a UTF-16 pair (``"\\ud800"``); such a string cannot be written as UTF-8 again."""
+    if "\\ud" not in text.lower():
+        return  # fast path: no surrogate escape at all
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ResRankError(
+            f"{where}: a JSON string holds an unpaired surrogate escape (\\ud800-\\udfff), which is not valid "
+            "Unicode; fix the escaping (a character outside the BMP needs both halves of its pair)"
+        ) from None
 
 
 def write_jsonl(path: str | Path, rows: Any) -> None:
@@ -119,15 +153,20 @@ def read_trec_run(path: str | Path) -> Run:
         try:
             value = float(score)
         except ValueError:
-            raise ResRankError(f"{path}:{lineno}: score {score!r} is not a number") from None
+            raise ResRankError(
+                f"{path}:{lineno}: score {score!r} is not a number; the 5th field must be the score"
+            ) from None
         if not math.isfinite(value):
-            raise ResRankError(f"{path}:{lineno}: score {score!r} is not finite")
+            raise ResRankError(f"{path}:{lineno}: score {score!r} is not finite; regenerate the run with finite scores")
         docs = run.setdefault(qid, {})
         if docid in docs:
-            raise ResRankError(f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r}")
+            raise ResRankError(
+                f"{path}:{lineno}: duplicate document {docid!r} for query {qid!r}; a document may appear once per "
+                "query: remove the duplicate line"
+            )
         docs[docid] = value
     if not run:
-        raise ResRankError(f"{path}: the run file is empty")
+        raise ResRankError(f"{path}: the run file is empty; regenerate it or pass the right file")
     return run
 
 
@@ -161,11 +200,13 @@ def read_trec_qrels(path: str | Path) -> Qrels:
             )
         try:
             grade = int(float(rel))
-        except ValueError:
-            raise ResRankError(f"{path}:{lineno}: relevance {rel!r} is not an integer") from None
+        except (ValueError, OverflowError):
+            raise ResRankError(
+                f"{path}:{lineno}: relevance {rel!r} is not an integer; the last field must be the relevance grade"
+            ) from None
         qrels.setdefault(qid, {})[docid] = grade
     if not qrels:
-        raise ResRankError(f"{path}: the qrels file is empty")
+        raise ResRankError(f"{path}: the qrels file is empty; pass the complete qrels file")
     return qrels
 
 
@@ -189,7 +230,7 @@ def _existing(path: str | Path) -> Path:
     if not path.exists():
         raise ResRankError(f"{path}: file not found; check the path (relative paths resolve against the data root)")
     if not path.is_file():
-        raise ResRankError(f"{path}: not a regular file")
+        raise ResRankError(f"{path}: not a regular file; pass the path of a file, not a folder")
     if not os.access(path, os.R_OK):
         raise ResRankError(f"{path}: file is not readable; check its permissions")
     return path

@@ -18,8 +18,9 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def write_table(stem: Path, header: list[str], rows: list[list[Any]], caption: str,
-                notes: list[str] | None = None, prov: dict[str, Any] | None = None) -> list[Path]:
-    """``stem``.md/.csv/.tex; CSV keeps raw values, Markdown and LaTeX format them."""
+                notes: list[str] | None = None, prov: dict[str, Any] | None = None,
+                formats: tuple[str, ...] = ("md", "csv", "tex")) -> list[Path]:
+    """``stem``.md/.csv/.tex (those in ``formats``); CSV keeps raw values, Markdown and LaTeX format them."""
     notes = notes or []
     prov_line = _provenance_line(prov)
     md = [f"**{caption}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -38,10 +39,11 @@ def write_table(stem: Path, header: list[str], rows: list[list[Any]], caption: s
     tex += ["\\bottomrule", "\\end{tabular}"]
     tex += [f"\\\\[2pt]\\footnotesize {_tex(n)}" for n in notes]
     tex += ["\\end{table}"]
-    paths = [stem.with_suffix(".md"), stem.with_suffix(".csv"), stem.with_suffix(".tex")]
-    for path, text in zip(paths, ["\n".join(md) + "\n", buffer.getvalue(), "\n".join(tex) + "\n"], strict=True):
+    texts = {"md": "\n".join(md) + "\n", "csv": buffer.getvalue(), "tex": "\n".join(tex) + "\n"}
+    paths = [stem.with_suffix(f".{kind}") for kind in formats]
+    for path, kind in zip(paths, formats, strict=True):
         with atomic_write(path) as handle:
-            handle.write(text)
+            handle.write(texts[kind])
     if prov is not None:
         with atomic_write(stem.with_suffix(".provenance.json")) as handle:
             json.dump(prov, handle, indent=2)
