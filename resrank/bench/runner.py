@@ -16,7 +16,7 @@ def efficiency_from_config(config_path: str | Path, out_dir: Path, fig_dir: Path
     settings = config["efficiency"]
     rows = run_efficiency(backbone=settings["backbone"], n_candidates=settings["n_candidates"],
                           repeats=settings["repeats"], passage_tokens=settings["passage_tokens"],
-                          seed=config["seed"])
+                          seed=config["seed"], threads=1)  # one thread: steadier timings on a shared CPU
     write_outputs(rows, out_dir, fig_dir, settings=settings)
     with open(out_dir / "efficiency.csv", encoding="utf-8") as handle:
         records = list(csv.DictReader(handle))
