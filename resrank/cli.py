@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from resrank.errors import ResRankError
+from resrank.errors import DataUnavailableError, ResRankError
 
 log = logging.getLogger("resrank")
 
@@ -23,11 +23,18 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
     from resrank.data.prepared import prepare_dataset
 
     cfg = load_config(args.config)
-    manifest = prepare_dataset(args.dataset, cfg.data_root, args.out, cfg.raw["datasets"]["definitions"])
+    datasets = cfg.raw["datasets"]
+    manifest = prepare_dataset(args.dataset, cfg.data_root, args.out, datasets["definitions"],
+                               max_queries=datasets["max_queries"].get(args.dataset))
     if manifest.get("available", True):
         log.info("prepared %s: %s", args.dataset, manifest.get("counts"))
+    elif args.record_unavailable:
+        log.warning("dataset %s not available (recorded in %s): %s", args.dataset, args.out, manifest.get("reason"))
     else:
-        log.warning("dataset %s not available: %s", args.dataset, manifest.get("reason"))
+        import shutil
+
+        shutil.rmtree(args.out, ignore_errors=True)  # nothing half-written is left behind
+        raise DataUnavailableError(str(manifest.get("reason")))
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -79,13 +86,53 @@ def cmd_retrieve_fuse(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ train / rerank
 def cmd_train(args: argparse.Namespace) -> None:
+    import os
+
     from resrank.config import load_config
     from resrank.train.entry import train_from_prepared
 
     cfg = load_config(args.config, args.variant)
+    nproc = cfg.train.num_processes if args.processes is None else args.processes
+    if nproc < 1:
+        raise ResRankError(f"--processes must be >= 1, got {nproc}")
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:  # not yet under a launcher: become torchrun
+        argv = torchrun_argv(args, nproc)
+        log.info("launching %d training processes: %s", nproc, " ".join(argv))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(argv[0], argv)
     datasets = [d for d in (args.datasets or "").split(",") if d]
     train_from_prepared(cfg, args.stage, datasets, Path(args.data_dir), Path(args.runs_dir), Path(args.out),
                         Path(args.init) if args.init else None)
+
+
+def torchrun_argv(args: argparse.Namespace, nproc: int) -> list[str]:
+    """This ``train`` call as ``python -m torch.distributed.run --standalone --nproc_per_node N -m resrank.cli``.
+
+    ``--standalone`` rendezvous on a free local port, so concurrent jobs on one node do not
+    collide; each worker sees ``WORLD_SIZE`` and trains instead of launching again (so
+    ``--processes`` is not passed on; torchrun's own parser would also take ``--nproc...``
+    in the worker's arguments for an abbreviation of ``--nproc-per-node``).
+    """
+    import torch
+
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ResRankError(
+            f"{nproc} training processes requested (train.num_processes / --processes) but only "
+            f"{torch.cuda.device_count()} GPU(s) are visible"
+        )
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "-m", "resrank.cli"]
+    if args.verbose:
+        argv.append("--verbose")
+    argv += ["train", "--config", args.config, "--variant", args.variant, "--stage", args.stage,
+             "--data-dir", args.data_dir, "--runs-dir", args.runs_dir, "--out", args.out]
+    if args.datasets:
+        argv += ["--datasets", args.datasets]
+    if args.init:
+        argv += ["--init", args.init]
+    return argv
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
@@ -94,7 +141,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.variant)
     encode_dataset(cfg, Path(args.data), Path(args.first_stage), None if args.untrained else args.checkpoint,
-                   Path(args.out))
+                   Path(args.out), whole_corpus=args.whole_corpus)
 
 
 def cmd_rerank(args: argparse.Namespace) -> None:
@@ -222,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--dataset", required=True, help="short name, e.g. dl19, scifact, embedded")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--record-unavailable", action="store_true",
+                   help="when the data cannot be reached, write a manifest saying why and exit 0 (default: exit 2)")
     p = add(data_sub, "list", cmd_data_list, "list registered datasets and whether their data is reachable")
     p.add_argument("--data-root", default=None, help="data folder (default: $RESRANK_DATA)")
     add(data_sub, "embedded", cmd_data_embedded, "print counts and fingerprint of the embedded collection")
@@ -255,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", required=True, help="folder of first-stage runs (<dataset>/bm25.trec)")
     p.add_argument("--init", default=None, help="previous stage folder to start from")
     p.add_argument("--out", required=True, help="stage folder (checkpoints, loss log, DONE)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="training processes (default: the config's train.num_processes); more than 1 re-runs "
+                        "this command under torchrun, one process per GPU (gloo on CPU)")
 
     p = add(sub, "encode", cmd_encode, "embed a dataset's passages once per checkpoint (cached on disk)")
     config_arg(p)
@@ -262,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint_args(p)
     p.add_argument("--data", required=True)
     p.add_argument("--first-stage", required=True, help="TREC run whose candidates must be embedded")
+    p.add_argument("--whole-corpus", action="store_true",
+                   help="embed every corpus passage (dense retrieval), not only the top reranker.depth candidates")
     p.add_argument("--out", required=True)
 
     p = add(sub, "rerank", cmd_rerank, "rerank first-stage candidates in one forward pass per query")

@@ -127,23 +127,29 @@ class EmbeddingCache:
             return vectors[torch.tensor([known[h] for h in wanted])]
 
 
-def passages_of(dataset: Dataset, run: Run | None) -> dict[str, str]:
-    """docid -> text of every passage that must be embedded: the corpus, else the candidates."""
-    texts: dict[str, str] = {}
+def passages_of(dataset: Dataset, run: Run, depth: int | None) -> dict[str, str]:
+    """docid -> text of every passage to embed.
+
+    ``depth`` given: the top-``depth`` candidates of each query of ``run`` (what the
+    reranker reads). ``depth`` None: the whole corpus (dense retrieval) plus the run's hits.
+    """
+    available: dict[str, str] = {}
     if dataset.corpus:
-        texts = {docid: p.contents for docid, p in dataset.corpus.items()}
+        available = {docid: p.contents for docid, p in dataset.corpus.items()}
     elif dataset.candidates:
-        for clist in dataset.candidates:
-            for c in clist.candidates:
-                texts[c.docid] = c.contents
-    if run is not None:
-        missing = {d for docs in run.values() for d in docs} - texts.keys()
-        if missing:
-            raise ResRankError(
-                f"{len(missing)} candidate documents have no text in {dataset.name} (e.g. {sorted(missing)[0]!r}); "
-                "reranking needs passage texts: provide the corpus or a candidate file with texts"
-            )
-    empty = [d for d, t in texts.items() if not t.strip()]
+        available = {c.docid: c.contents for clist in dataset.candidates for c in clist.candidates}
+    if depth is None:
+        needed = set(available) | {d for docs in run.values() for d in docs}
+    else:
+        needed = {d for docs in run.values() for d, _ in sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))[:depth]}
+    missing = sorted(d for d in needed if d not in available)
+    if missing:
+        raise ResRankError(
+            f"{len(missing)} candidate documents have no text in {dataset.name} (e.g. {missing[0]!r}); "
+            "reranking needs passage texts: provide the corpus or a candidate file with texts"
+        )
+    texts = {d: available[d] for d in needed}
+    empty = sorted(d for d, t in texts.items() if not t.strip())
     if empty:
         raise ResRankError(f"{dataset.name}: {len(empty)} passages have empty text (e.g. {empty[0]!r}); "
                            "remove them or provide their text")
@@ -151,13 +157,13 @@ def passages_of(dataset: Dataset, run: Run | None) -> dict[str, str]:
 
 
 def encode_dataset(cfg: ResRankConfig, data_dir: Path, first_stage: Path, checkpoint: str | Path | None,
-                   out: Path) -> None:
-    """Embed every passage the dataset's reranking or dense retrieval needs into ``out``."""
+                   out: Path, whole_corpus: bool = False) -> None:
+    """Embed the passages reranking (top ``reranker.depth``) or dense retrieval (whole corpus) needs."""
     from safetensors.torch import save_file
 
     dataset = read_prepared(data_dir)
     run = read_trec_run(first_stage)
-    texts = passages_of(dataset, run)
+    texts = passages_of(dataset, run, None if whole_corpus else cfg.reranker.depth)
     docids = sorted(texts)
     key = checkpoint_key(cfg, checkpoint)
     cache = EmbeddingCache(Path(cfg.results_dir) / cfg.profile / "cache" / "embeddings", key)

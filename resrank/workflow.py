@@ -62,15 +62,20 @@ def make_plan(config: dict[str, Any]) -> Plan:
     out = str(Path(config["results_dir"]) / config["profile"])
     root = config.get("data_root")
     extra = config["datasets"]["definitions"]
+    strict = not config["datasets"]["skip_unavailable"]
+
+    def reachable(name: str) -> tuple[bool, str]:
+        return (True, "") if strict else is_available(name, root, extra)
+
     available: list[str] = []
     unavailable: dict[str, str] = {}
     for name in config["datasets"]["eval"]:
-        ok, reason = is_available(name, root, extra)
+        ok, reason = reachable(name)
         if ok:
             available.append(name)
         else:
             unavailable[name] = reason
-    rerankable = tuple(n for n in available if has_texts(get_spec(n, extra), root))
+    rerankable = tuple(n for n in available if has_texts(get_spec(n, extra), None if strict else root, strict))
     with_corpus = tuple(n for n in available if get_spec(n, extra).first_stage == "bm25")
 
     variants = tuple(config["variants"])
@@ -84,7 +89,7 @@ def make_plan(config: dict[str, Any]) -> Plan:
         for stage in resolved.train.stages:
             usable = []
             for name in stage.datasets:
-                ok, reason = is_available(name, root, extra)
+                ok, reason = reachable(name)
                 if ok:
                     usable.append(name)
                 else:
@@ -105,10 +110,12 @@ def make_plan(config: dict[str, Any]) -> Plan:
     )
 
 
-def has_texts(spec: DatasetSpec, data_root: str | None) -> bool:
+def has_texts(spec: DatasetSpec, data_root: str | None, assume_present: bool = False) -> bool:
     """Whether the candidates come with passage texts (reranking needs them)."""
     if spec.first_stage in ("bm25", "candidates"):
         return True
+    if assume_present:
+        return bool(spec.corpus)
     paths = resolve_paths(spec, data_root)
     return "corpus" in paths and paths["corpus"].exists()
 

@@ -124,3 +124,54 @@ def test_same_seed_same_results(smoke_run: Path, tmp_path: Path) -> None:
         assert twin.read_bytes() == run.read_bytes(), f"{run.name} differs between identical runs"
     assert (again / "smoke" / "metrics.csv").read_text() == (smoke_run / "metrics.csv").read_text()
     shutil.rmtree(again)
+
+
+def test_sigkilled_training_resumes_to_the_same_model(tmp_path: Path) -> None:
+    """SIGKILL a training job mid-stage; the Snakemake re-run resumes from its last checkpoint."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    config = yaml.safe_load(SMOKE.read_text())
+    config["train"]["stages"]["stage1"].update(steps=12, checkpoint_every=3)
+    config["variants"] = {"resrank": {}}
+    cfg_path = tmp_path / "kill.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    target = "models/resrank/stage1/DONE"
+
+    reference = tmp_path / "reference"
+    snakemake(f"{reference}/smoke/{target}", results=reference, config=cfg_path)
+
+    killed = tmp_path / "killed"
+    stage = killed / "smoke" / "models" / "resrank" / "stage1"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+           "RESRANK_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("RESRANK_DATA", None)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(cfg_path),
+           "--config", f"results_dir={killed}", "--cores", "2", f"{killed}/smoke/{target}"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(stage.glob("checkpoint-*")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(stage.glob("checkpoint-*")), "no checkpoint appeared before the job ended"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (stage / "DONE").exists(), "the job finished before it could be killed"
+
+    snakemake("--rerun-incomplete", f"{killed}/smoke/{target}", results=killed, config=cfg_path)
+    log = (killed / "smoke" / "logs" / "train" / "resrank" / "stage1.log").read_text()
+    assert "resuming from" in log
+    ref_rows = [json.loads(x) for x in (reference / "smoke" / target).parent.joinpath("train_log.jsonl")
+                .read_text().splitlines()]
+    got_rows = [json.loads(x) for x in (stage / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in got_rows] == [r["step"] for r in ref_rows] == list(range(1, 13))
+    for ref, got in zip(ref_rows, got_rows, strict=True):
+        assert got["loss"] == pytest.approx(ref["loss"], abs=1e-6)
+    ref_weights = load_file(str((reference / "smoke" / target).parent / "model.safetensors"))
+    got_weights = load_file(str(stage / "model.safetensors"))
+    assert ref_weights.keys() == got_weights.keys()
+    for name, tensor in ref_weights.items():
+        torch.testing.assert_close(got_weights[name], tensor, rtol=0, atol=1e-6, msg=name)

@@ -123,20 +123,38 @@ def prepare_dataset(
     data_root: str | Path | None,
     out_dir: str | Path,
     extra_definitions: dict[str, Any] | None = None,
+    max_queries: int | None = None,
 ) -> dict[str, Any]:
     """Load ``name`` and write its prepared folder; unavailable data yields an "available": false manifest.
 
     Malformed data and unknown names still raise :class:`ResRankError`: those are errors to fix,
-    while missing data is a normal state of a machine without it.
+    while missing data is a normal state of a machine without it. ``max_queries`` keeps a
+    deterministic subset (the first queries by qid), recorded in the manifest's source.
     """
     spec = get_spec(name, extra_definitions)
+    source = spec.to_dict()
     try:
         dataset = load_dataset(name, data_root, extra_definitions)
     except DataUnavailableError as err:
-        write_unavailable(out_dir, name, str(err), source=spec.to_dict())
+        write_unavailable(out_dir, name, str(err), source=source)
     else:
-        write_prepared(dataset, out_dir, source=spec.to_dict())
+        if max_queries is not None and len(dataset.queries) > max_queries:
+            dataset = subsample_queries(dataset, max_queries)
+            source = {**source, "max_queries": max_queries}
+        write_prepared(dataset, out_dir, source=source)
     return read_manifest(out_dir)
+
+
+def subsample_queries(dataset: Dataset, max_queries: int) -> Dataset:
+    """The first ``max_queries`` queries by qid, with their qrels and candidates (corpus unchanged)."""
+    keep = {q.qid for q in sorted(dataset.queries, key=lambda q: q.qid)[:max_queries]}
+    return Dataset(
+        name=dataset.name,
+        queries=[q for q in dataset.queries if q.qid in keep],
+        qrels={qid: docs for qid, docs in dataset.qrels.items() if qid in keep},
+        corpus=dataset.corpus,
+        candidates=None if dataset.candidates is None else [c for c in dataset.candidates if c.query.qid in keep],
+    )
 
 
 def _validate(dataset: Dataset) -> dict[str, int]:

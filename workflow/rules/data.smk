@@ -5,7 +5,9 @@ rule prepare_data:
     output:
         f"{OUT}/data/{{dataset}}/manifest.json",
     params:
-        spec=lambda w: section("datasets", "definitions"),
+        spec=lambda w: json.dumps(
+            [config["datasets"]["definitions"].get(w.dataset), config["datasets"]["max_queries"].get(w.dataset)]
+        ),
     log:
         f"{OUT}/logs/prepare_data/{{dataset}}.log",
     shell:

@@ -10,6 +10,12 @@ def checkpoint_of(model):
     return [] if model == "encoder-untrained" else [final_model(model)]
 
 
+def needs_corpus_embeddings(model, dataset):
+    """Dense retrieval (and so RRF) needs the main model's vectors of the whole corpus."""
+    dense = any(pool in PLAN.pools for pool in ("dense", "rrf"))
+    return dense and model == "resrank" and dataset in PLAN.with_corpus
+
+
 def config_variant(model):
     """The untrained encoder is the main variant's encoder before training."""
     return "resrank" if model == "encoder-untrained" else model
@@ -33,7 +39,9 @@ rule encode:
     params:
         checkpoint=lambda w: checkpoint_flag(w.model),
         variant=lambda w: config_variant(w.model),
+        scope=lambda w: "--whole-corpus" if needs_corpus_embeddings(w.model, w.dataset) else "",
         encoder=lambda w: section("encoder"),
+        depth=lambda w: config["reranker"]["depth"],
     threads: lambda w: res("encode", "threads", 2)
     resources:
         mem_mb=lambda w: res("encode", "mem_mb", 8000),
@@ -42,7 +50,7 @@ rule encode:
     log:
         f"{OUT}/logs/encode/{{model}}/{{dataset}}.log",
     shell:
-        "{RESRANK} encode --config {CONFIG} --variant {params.variant} {params.checkpoint}"
+        "{RESRANK} encode --config {CONFIG} --variant {params.variant} {params.checkpoint} {params.scope}"
         " --data {OUT}/data/{wildcards.dataset} --first-stage {input.first_stage} --out {output} 2> {log}"
 
 
