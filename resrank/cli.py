@@ -383,7 +383,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def limit_threads() -> None:
+    """Never run more compute threads than this process may use (Snakemake's OMP_NUM_THREADS
+    can exceed the machine's cores when --cores does); must run before torch is imported."""
+    import os
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    wanted = int(os.environ.get("OMP_NUM_THREADS") or usable)
+    os.environ["OMP_NUM_THREADS"] = str(max(1, min(wanted, usable)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    limit_threads()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

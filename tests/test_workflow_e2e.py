@@ -161,6 +161,7 @@ def test_sigkilled_training_resumes_to_the_same_model(tmp_path: Path) -> None:
     proc.wait()
     assert not (stage / "DONE").exists(), "the job finished before it could be killed"
 
+    snakemake("--unlock", results=killed, config=cfg_path)  # the killed run's lock, as a user would clear it
     snakemake("--rerun-incomplete", f"{killed}/smoke/{target}", results=killed, config=cfg_path)
     log = (killed / "smoke" / "logs" / "train" / "resrank" / "stage1.log").read_text()
     assert "resuming from" in log

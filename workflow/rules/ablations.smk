@@ -2,17 +2,13 @@
 # training, reranking and evaluation on every dataset, and nothing of the other variants.
 
 
-def variant_outputs(variant):
-    return [
-        f"{OUT}/metrics/{dataset}/{variant}.json" for dataset in PLAN.eval_available if dataset in PLAN.rerankable
-    ] + [final_model(variant)]
-
-
 for _variant in PLAN.variants:
 
     rule:
         name:
             f"ablation_{_variant.replace('-', '_')}"
+        conda:
+            "../../environment.yml"
         input:
             variant_outputs(_variant),
         localrule: True

@@ -1,5 +1,6 @@
 # Shared parse-time state: the merged config the CLI reads, and the plan of the DAG.
 import json
+import re
 
 from resrank.workflow import make_plan, write_if_changed
 
@@ -24,6 +25,13 @@ def res(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+def model_threads(rule_name):
+    """Model jobs claim all of --cores by default: on a small machine they then run one at a
+    time with every core, instead of several oversubscribing the CPU. Override per rule with
+    `resources: {rule: {threads: N}}`."""
+    return res(rule_name, "threads", max(1, workflow.cores or 1))
+
+
 def section(*keys):
     """A config section as JSON: used as params so a change re-runs only dependent jobs."""
     node = config
@@ -37,3 +45,99 @@ def variant_params(variant):
     keys = ("seed", "encoder", "reranker", "train")
     base = {k: config.get(k) for k in keys}
     return json.dumps({"base": base, "override": config["variants"].get(variant, {})}, sort_keys=True)
+
+
+# ----------------------------------------------------------------- DAG helpers
+def stage_inputs(w):
+    order = PLAN.stage_order[w.variant]
+    if w.stage not in order:
+        raise ValueError(f"variant '{w.variant}' has no stage '{w.stage}' (stages: {', '.join(order)})")
+    datasets = PLAN.train_datasets[w.variant][w.stage]
+    inputs = {
+        "data": [f"{OUT}/data/{d}/manifest.json" for d in datasets],
+        "runs": [f"{OUT}/runs/{d}/bm25.trec" for d in datasets],
+    }
+    position = order.index(w.stage)
+    if position > 0:
+        inputs["init"] = f"{OUT}/models/{w.variant}/{order[position - 1]}/DONE"
+    return inputs
+
+
+def init_flag(w, input):
+    return f"--init {os.path.dirname(input.init)}" if "init" in input.keys() else ""
+
+
+def final_model(variant):
+    return f"{OUT}/models/{variant}/{PLAN.stage_order[variant][-1]}/DONE"
+
+
+VARIANTS_RE = "|".join(re.escape(v) for v in PLAN.variants)
+
+
+ENCODERS_RE = "|".join(re.escape(v) for v in (*PLAN.variants, "encoder-untrained"))
+
+
+def checkpoint_of(model):
+    """The trained stage folder of a variant; none for the untrained encoder."""
+    return [] if model == "encoder-untrained" else [final_model(model)]
+
+
+def needs_corpus_embeddings(model, dataset):
+    """Dense retrieval (and so RRF) needs the main model's vectors of the whole corpus."""
+    dense = any(pool in PLAN.pools for pool in ("dense", "rrf"))
+    return dense and model == "resrank" and dataset in PLAN.with_corpus
+
+
+def config_variant(model):
+    """The untrained encoder is the main variant's encoder before training."""
+    return "resrank" if model == "encoder-untrained" else model
+
+
+def checkpoint_flag(model):
+    if model == "encoder-untrained":
+        return "--untrained"
+    return f"--checkpoint {os.path.dirname(final_model(model))}"
+
+
+def encoder_model(system):
+    return "encoder-untrained" if system == "encoder-untrained" else "resrank"
+
+
+def all_metric_files():
+    return [
+        f"{OUT}/metrics/{dataset}/{system}.json"
+        for dataset in PLAN.eval_available
+        for system in PLAN.systems(dataset)
+    ]
+
+
+TABLE_EXTS = ("md", "csv", "tex")
+
+
+POSITION_VARIANTS = [v for v in ("resrank", "autoregressive") if v in PLAN.variants]
+
+
+def table_files(*names):
+    return [f"{OUT}/tables/{name}.{ext}" for name in names for ext in TABLE_EXTS]
+
+
+def figure_files(*names):
+    return [f"{OUT}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
+
+
+def position_files():
+    return [
+        f"{OUT}/position/{dataset}/{variant}.json"
+        for dataset in PLAN.rerankable
+        for variant in POSITION_VARIANTS
+    ]
+
+
+def report_outputs():
+    return [f"{OUT}/report.html"]
+
+
+def variant_outputs(variant):
+    return [
+        f"{OUT}/metrics/{dataset}/{variant}.json" for dataset in PLAN.eval_available if dataset in PLAN.rerankable
+    ] + [final_model(variant)]

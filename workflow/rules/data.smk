@@ -2,6 +2,8 @@
 
 
 rule prepare_data:
+    conda:
+        "../../environment.yml"
     output:
         f"{OUT}/data/{{dataset}}/manifest.json",
     params:
@@ -16,6 +18,8 @@ rule prepare_data:
 
 
 rule first_stage:
+    conda:
+        "../../environment.yml"
     input:
         f"{OUT}/data/{{dataset}}/manifest.json",
     output:

@@ -1,15 +1,9 @@
 # trec_eval-exact evaluation of every run, and the tidy metrics table everything derives from.
 
 
-def all_metric_files():
-    return [
-        f"{OUT}/metrics/{dataset}/{system}.json"
-        for dataset in PLAN.eval_available
-        for system in PLAN.systems(dataset)
-    ]
-
-
 rule evaluate:
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         run=f"{OUT}/runs/{{dataset}}/{{system}}.trec",
@@ -24,6 +18,8 @@ rule evaluate:
 
 rule collect_metrics:
     """One row per system x dataset x metric; datasets that could not run are listed with the reason."""
+    conda:
+        "../../environment.yml"
     input:
         all_metric_files(),
     output:

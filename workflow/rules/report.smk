@@ -1,34 +1,13 @@
 # Tables, figures and the executed notebook report, all derived from DAG outputs.
 
-TABLE_EXTS = ("md", "csv", "tex")
-POSITION_VARIANTS = [v for v in ("resrank", "autoregressive") if v in PLAN.variants]
-
-
-def table_files(*names):
-    return [f"{OUT}/tables/{name}.{ext}" for name in names for ext in TABLE_EXTS]
-
-
-def figure_files(*names):
-    return [f"{OUT}/figures/{name}.{ext}" for name in names for ext in ("png", "pdf")]
-
-
-def position_files():
-    return [
-        f"{OUT}/position/{dataset}/{variant}.json"
-        for dataset in PLAN.rerankable
-        for variant in POSITION_VARIANTS
-    ]
-
-
-def report_outputs():
-    return [f"{OUT}/report.html"]
-
-
 rule tables:
+    conda:
+        "../../environment.yml"
     input:
         metrics=f"{OUT}/metrics.csv",
     output:
-        table_files("main", "bm25_vs_published"),
+        report(table_files("main"), caption="../report/table_main.rst", category="Tables"),
+        report(table_files("bm25_vs_published"), caption="../report/table_bm25.rst", category="Tables"),
     params:
         report=lambda w: section("report"),
     log:
@@ -38,11 +17,14 @@ rule tables:
 
 
 rule ablation_tables:
+    conda:
+        "../../environment.yml"
     input:
         metrics=f"{OUT}/metrics.csv",
         stats=[f"{OUT}/stats/{d}/{v}.json" for d in PLAN.rerankable for v in PLAN.variants],
     output:
-        table_files("ablations", "pools"),
+        report(table_files("ablations"), caption="../report/table_ablations.rst", category="Tables"),
+        report(table_files("pools"), caption="../report/table_pools.rst", category="Tables"),
     log:
         f"{OUT}/logs/ablation_tables.log",
     shell:
@@ -50,6 +32,8 @@ rule ablation_tables:
 
 
 rule position_study:
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         first_stage=f"{OUT}/runs/{{dataset}}/bm25.trec",
@@ -62,6 +46,7 @@ rule position_study:
     params:
         checkpoint=lambda w: checkpoint_flag(w.variant),
         orders=config["report"]["position_orders"],
+    threads: lambda w: model_threads("position_study")
     log:
         f"{OUT}/logs/position/{{dataset}}/{{variant}}.log",
     shell:
@@ -72,12 +57,14 @@ rule position_study:
 
 rule efficiency:
     """Latency and token counts of the four reranking methods on one backbone (random weights)."""
+    conda:
+        "../../environment.yml"
     output:
-        table_files("efficiency"),
+        report(table_files("efficiency"), caption="../report/table_efficiency.rst", category="Tables"),
         f"{OUT}/tables/efficiency.json",
     params:
         efficiency=lambda w: section("efficiency"),
-    threads: 2
+    threads: lambda w: model_threads("efficiency")
     log:
         f"{OUT}/logs/efficiency.log",
     shell:
@@ -85,6 +72,8 @@ rule efficiency:
 
 
 rule figures:
+    conda:
+        "../../environment.yml"
     input:
         metrics=f"{OUT}/metrics.csv",
         ablations=f"{OUT}/tables/ablations.csv",
@@ -108,6 +97,8 @@ rule figures:
 
 
 rule notebook_report:
+    conda:
+        "../../environment.yml"
     input:
         table_files("main", "bm25_vs_published", "ablations", "pools", "efficiency"),
         rules.figures.output,

@@ -1,33 +1,7 @@
 # Encode passages once per model checkpoint, then rerank each candidate pool in one pass.
-import re
-
-VARIANTS_RE = "|".join(re.escape(v) for v in PLAN.variants)
-ENCODERS_RE = "|".join(re.escape(v) for v in (*PLAN.variants, "encoder-untrained"))
-
-
-def checkpoint_of(model):
-    """The trained stage folder of a variant; none for the untrained encoder."""
-    return [] if model == "encoder-untrained" else [final_model(model)]
-
-
-def needs_corpus_embeddings(model, dataset):
-    """Dense retrieval (and so RRF) needs the main model's vectors of the whole corpus."""
-    dense = any(pool in PLAN.pools for pool in ("dense", "rrf"))
-    return dense and model == "resrank" and dataset in PLAN.with_corpus
-
-
-def config_variant(model):
-    """The untrained encoder is the main variant's encoder before training."""
-    return "resrank" if model == "encoder-untrained" else model
-
-
-def checkpoint_flag(model):
-    if model == "encoder-untrained":
-        return "--untrained"
-    return f"--checkpoint {os.path.dirname(final_model(model))}"
-
-
 rule encode:
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         first_stage=f"{OUT}/runs/{{dataset}}/bm25.trec",
@@ -42,11 +16,11 @@ rule encode:
         scope=lambda w: "--whole-corpus" if needs_corpus_embeddings(w.model, w.dataset) else "",
         encoder=lambda w: section("encoder"),
         depth=lambda w: config["reranker"]["depth"],
-    threads: lambda w: res("encode", "threads", 2)
+    threads: lambda w: model_threads("encode")
     resources:
         mem_mb=lambda w: res("encode", "mem_mb", 8000),
         runtime=lambda w: res("encode", "runtime", 60),
-        gpus=lambda w: res("encode", "gpus", 0),
+        gpu=lambda w: res("encode", "gpus", 0),
     log:
         f"{OUT}/logs/encode/{{model}}/{{dataset}}.log",
     shell:
@@ -55,6 +29,8 @@ rule encode:
 
 
 rule rerank:
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         first_stage=f"{OUT}/runs/{{dataset}}/{{pool}}.trec",
@@ -69,11 +45,11 @@ rule rerank:
     params:
         checkpoint=lambda w: checkpoint_flag(w.variant),
         variant=lambda w: variant_params(w.variant),
-    threads: lambda w: res("rerank", "threads", 2)
+    threads: lambda w: model_threads("rerank")
     resources:
         mem_mb=lambda w: res("rerank", "mem_mb", 8000),
         runtime=lambda w: res("rerank", "runtime", 60),
-        gpus=lambda w: res("rerank", "gpus", 0),
+        gpu=lambda w: res("rerank", "gpus", 0),
     log:
         f"{OUT}/logs/rerank/{{dataset}}/{{variant}}@{{pool}}.log",
     shell:
@@ -84,6 +60,8 @@ rule rerank:
 
 rule rerank_bm25_pool:
     """The BM25 pool is the paper's main setting: its runs carry the plain variant name."""
+    conda:
+        "../../environment.yml"
     input:
         run=f"{OUT}/runs/{{dataset}}/{{variant}}@bm25.trec",
         stats=f"{OUT}/stats/{{dataset}}/{{variant}}@bm25.json",
@@ -99,6 +77,8 @@ rule rerank_bm25_pool:
 
 rule encoder_rerank:
     """Cosine between encoder query and passage vectors over the same BM25 candidates."""
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         first_stage=f"{OUT}/runs/{{dataset}}/bm25.trec",
@@ -111,6 +91,7 @@ rule encoder_rerank:
     params:
         checkpoint=lambda w: checkpoint_flag(encoder_model(w.system)),
         variant=lambda w: config_variant(encoder_model(w.system)),
+    threads: lambda w: model_threads("encoder_rerank")
     log:
         f"{OUT}/logs/rerank/{{dataset}}/{{system}}.log",
     shell:
@@ -119,12 +100,10 @@ rule encoder_rerank:
         " --embeddings {input.embeddings} --out {output.run} 2> {log}"
 
 
-def encoder_model(system):
-    return "encoder-untrained" if system == "encoder-untrained" else "resrank"
-
-
 rule dense_retrieval:
     """First-stage dense retrieval over the whole corpus with the jointly trained encoder."""
+    conda:
+        "../../environment.yml"
     input:
         data=f"{OUT}/data/{{dataset}}/manifest.json",
         embeddings=f"{OUT}/embeddings/resrank/{{dataset}}.safetensors",
@@ -133,6 +112,7 @@ rule dense_retrieval:
         f"{OUT}/runs/{{dataset}}/dense.trec",
     params:
         checkpoint=lambda w: checkpoint_flag("resrank"),
+    threads: lambda w: model_threads("dense_retrieval")
     log:
         f"{OUT}/logs/dense/{{dataset}}.log",
     shell:
@@ -141,6 +121,8 @@ rule dense_retrieval:
 
 
 rule fuse_rrf:
+    conda:
+        "../../environment.yml"
     input:
         bm25=f"{OUT}/runs/{{dataset}}/bm25.trec",
         dense=f"{OUT}/runs/{{dataset}}/dense.trec",
