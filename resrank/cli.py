@@ -182,7 +182,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = load_config(args.config) if args.config else None
     if args.data:
         qrels = read_prepared_qrels(Path(args.data))
-        checksums = read_manifest(Path(args.data)).get("sha256", {})
+        files = read_manifest(Path(args.data)).get("files", {})
+        checksums = {f"{Path(args.data).name}/{name}": info.get("sha256") for name, info in files.items()}
     elif args.qrels:
         from resrank.io import read_trec_qrels
 
