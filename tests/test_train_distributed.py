@@ -35,12 +35,22 @@ def _quiet(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESRANK_NO_PROGRESS", "1")
 
 
+VARIANTS: dict[str, dict[str, Any]] = {
+    "joint": {},
+    "separate": {"reranker": "tiny-qwen3-h48", "mode": "separate"},  # two phases, decoder layers, mlp projector
+}
+
+
 @pytest.fixture(scope="module")
-def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: one process, grad_accum 2 (= 2 processes x grad_accum 1)."""
+def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The references: one process, grad_accum 2 (= 2 processes x grad_accum 1), per variant."""
     os.environ["RESRANK_NO_PROGRESS"] = "1"
-    cfg = make_cfg(stage={**STAGE, "grad_accum": 2})
-    return train_stage(cfg, cfg.train.stages[0], {"toy": toy_lists()}, tmp_path_factory.mktemp("single") / "s1")
+    out = {}
+    for name, kwargs in VARIANTS.items():
+        cfg = make_cfg(stage={**STAGE, "grad_accum": 2}, **kwargs)
+        folder = tmp_path_factory.mktemp(f"single-{name}") / "s1"
+        out[name] = train_stage(cfg, cfg.train.stages[0], {"toy": toy_lists()}, folder)
+    return out
 
 
 def run_two(tmp: Path, name: str, spec: dict[str, Any], kill_at: int | None = None) -> tuple[int, Path, str]:
@@ -63,8 +73,12 @@ def records(tmp: Path, name: str) -> dict[int, dict[str, Any]]:
 def assert_same_trajectory(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b, strict=True):
+        assert x["phase"] == y["phase"]
         for key in KEYS:
-            assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key, x[key], y[key])
+            if y[key] is None:  # no such loss in this phase
+                assert x[key] is None, (x["step"], key)
+            else:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["step"], key, x[key], y[key])
 
 
 def assert_same_weights(a: Path, b: Path) -> None:
@@ -78,24 +92,30 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one_process(strategy: str, single: Path, tmp_path: Path) -> None:
-    rc, out, output = run_two(tmp_path, strategy, {"stage": {**STAGE, "grad_accum": 1}, "distributed": strategy})
+@pytest.mark.parametrize(
+    ("variant", "strategy"), [("joint", "ddp"), ("joint", "fsdp"), ("separate", "ddp"), ("separate", "fsdp")]
+)
+def test_two_processes_match_one_process(variant: str, strategy: str, single: dict[str, Path], tmp_path: Path) -> None:
+    kwargs = VARIANTS[variant]
+    spec = {"stage": {**STAGE, "grad_accum": 1}, "cfg": {**kwargs, "distributed": strategy}}
+    rc, out, output = run_two(tmp_path, strategy, spec)
     assert rc == 0, output[-4000:]
 
-    two_log, one_log = read_log(out), read_log(single)
-    assert_same_trajectory(two_log, one_log)  # one line per step: only rank 0 logs
+    two_log, one_log = read_log(out), read_log(single[variant])
+    steps = 2 * STAGE["steps"] if variant == "separate" else STAGE["steps"]
+    assert [r["step"] for r in two_log] == list(range(1, steps + 1))  # one line per step: only rank 0 logs
+    assert_same_trajectory(two_log, one_log)
     assert two_log[0]["loss"] != two_log[-1]["loss"]  # it did train
-    assert_same_weights(out, single)
+    assert_same_weights(out, single[variant])
     done = json.loads((out / trainer.DONE_FILE).read_text())
-    plain = make_cfg(stage={**STAGE, "grad_accum": 1})  # distributed: none
-    assert done["step"] == 4
+    plain = make_cfg(stage={**STAGE, "grad_accum": 1}, **kwargs)  # distributed: none
+    assert done["step"] == steps
     assert done["fingerprint"] == stage_fingerprint(plain, plain.train.stages[0], toy_lists(), None)
 
     rec = records(tmp_path, strategy)
     assert rec[0]["world_size"] == rec[1]["world_size"] == 2
     assert rec[0]["strategy"] == rec[1]["strategy"] == strategy
-    assert rec[0]["steps"] == rec[1]["steps"] == [1, 2, 3, 4]
+    assert rec[0]["steps"] == rec[1]["steps"] == list(range(1, steps + 1))
     assert rec[1]["writes"] == []  # rank 1 touched nothing under the output folder
     written = {Path(p).name for _, p in rec[0]["writes"]}
     assert {"checkpoint-0000002", trainer.WEIGHTS_FILE, trainer.DONE_FILE, trainer.LOG_FILE} <= written
@@ -105,8 +125,8 @@ def test_two_processes_match_one_process(strategy: str, single: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_resume_continues_exactly(single: Path, tmp_path: Path) -> None:
-    spec = {"stage": {**STAGE, "grad_accum": 1}, "distributed": "fsdp"}
+def test_two_process_fsdp_resume_continues_exactly(single: dict[str, Path], tmp_path: Path) -> None:
+    spec = {"stage": {**STAGE, "grad_accum": 1}, "cfg": {"distributed": "fsdp"}}
     rc, out, output = run_two(tmp_path, "resume", spec, kill_at=4)
     assert rc != 0 and "killed at step 4" in output
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-0000002", trainer.LOG_FILE]
@@ -127,8 +147,8 @@ def test_two_process_fsdp_resume_continues_exactly(single: Path, tmp_path: Path)
     rec = records(tmp_path, "resume")
     assert rec[0]["steps"] == rec[1]["steps"] == [3, 4]  # resumed from step 2 on both ranks
     assert rec[1]["writes"] == []
-    assert_same_trajectory(read_log(out), read_log(single))
-    assert_same_weights(out, single)
+    assert_same_trajectory(read_log(out), read_log(single["joint"]))
+    assert_same_weights(out, single["joint"])
 
 
 def test_more_micro_batches_than_lists_is_a_clear_error(tmp_path: Path) -> None:
@@ -187,12 +207,12 @@ def test_cli_train_relaunches_itself_under_torchrun(tmp_path: Path, monkeypatch:
     assert path == argv[0] == sys.executable
     assert argv[1:8] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "resrank.cli"]
     rest = argv[8:]
-    assert rest[0] == "train" and rest[rest.index("--nproc") + 1] == "2"
+    assert rest[0] == "train" and not any(a.startswith("--nproc") or a == "--processes" for a in rest)
     assert rest[rest.index("--init") + 1] == "prev" and rest[rest.index("--out") + 1] == "o"
     assert rest[rest.index("--config") + 1] == str(config)
 
-    launched.clear()  # --nproc 1 overrides the config: trains in this process (fails later on missing data)
-    assert cli.main([*base, "--nproc", "1"]) == 2
+    launched.clear()  # --processes 1 overrides the config: trains in this process (fails later: no data)
+    assert cli.main([*base, "--processes", "1"]) == 2
     assert launched == []
     monkeypatch.setenv("WORLD_SIZE", "2")  # already a torchrun worker: never launches again
     assert cli.main(base) == 2
@@ -203,7 +223,12 @@ def test_cli_train_relaunches_itself_under_torchrun(tmp_path: Path, monkeypatch:
 
 
 def _worker(job: dict[str, Any]) -> None:
-    """One rank: train the toy stage, recording every file-system write under ``watch`` and the steps run."""
+    """One rank: train the toy stage, recording the steps run and every file-system write under ``watch``.
+
+    Writes are seen through Python's audit events (open for writing, mkdir, rename, remove);
+    C++ writers (``torch.save``, safetensors) show up through the temporary files and
+    folders they write into and the renames that publish them.
+    """
     rank = int(os.environ["RANK"])
     watch = job["watch"]
     writes: list[tuple[str, str]] = []
@@ -246,7 +271,7 @@ def _worker(job: dict[str, Any]) -> None:
 
     trainer._Runtime.detect = spy  # type: ignore[method-assign]
     try:
-        cfg = make_cfg(stage=job["stage"], distributed=job["distributed"])
+        cfg = make_cfg(stage=job["stage"], **job["cfg"])
         train_stage(cfg, cfg.train.stages[0], {"toy": toy_lists()}, Path(job["out"]))
     finally:
         result = {"writes": writes, "steps": steps, **runtime}

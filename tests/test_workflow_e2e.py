@@ -85,10 +85,10 @@ def test_table_cell_regenerates_from_metric_file(smoke_run: Path) -> None:
     record = json.loads((smoke_run / "metrics" / "embedded" / "resrank.json").read_text())
     table = pd.read_csv(smoke_run / "tables" / "main.csv")
     row = table[table.system == "ResRank (ours)"].iloc[0]
-    assert float(row["embedded"]) == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-9)
+    assert float(row["embedded"]) == pytest.approx(record["metrics"]["ndcg@10"], abs=5e-7)  # metrics.csv: 6 decimals
     ablations = pd.read_csv(smoke_run / "tables" / "ablations.csv")
     base = ablations[(ablations.system == "resrank")]["nDCG@10"].iloc[0]
-    assert base == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-9)
+    assert base == pytest.approx(record["metrics"]["ndcg@10"], abs=1e-9)  # read from the metrics JSON
 
 
 def test_efficiency_accounting_in_ablation_table(smoke_run: Path) -> None:

@@ -25,15 +25,17 @@ Semantics
 * **rank loss**: ``ranknet`` on the one-step scores (``ResRankModel.forward``), or
   ``listmle`` on ``teacher_forced_logits`` with the label order (highest label first,
   ties in first-stage order) as the teacher, for the autoregressive variant.
-* **one optimizer step** = ``queries_per_step`` lists split into ``grad_accum``
-  contiguous micro-batches. Each micro-batch loss is weighted by its share of the step's
-  units (valid RankNet pairs, lists for ListMLE, queries for InfoNCE), so the accumulated
-  gradient equals the full-batch gradient of the ranking loss. InfoNCE's in-batch
-  negatives are those of the micro-batch (as in every accumulation without GradCache).
+* **one optimizer step** = ``queries_per_step`` lists split into ``grad_accum x
+  world_size`` contiguous micro-batches (``numpy.array_split``). Each micro-batch loss is
+  weighted by its share of the whole step's units (valid RankNet pairs, lists for
+  ListMLE, queries for InfoNCE), so the accumulated gradient equals the full-batch
+  gradient of the ranking loss. InfoNCE's in-batch negatives are those of the
+  micro-batch (as in every accumulation without GradCache). Dropout in a micro-batch's
+  forward is seeded from (stage seed, step, micro-batch index).
 * **sampling**: step ``s`` takes list positions ``(s-1)*Q .. s*Q-1`` of an endless stream
   of epochs, each epoch a permutation drawn from ``numpy.random.default_rng([seed,
   epoch])``. The sampler is a pure function of (seed, step), so its "state" in a
-  checkpoint is the step; the torch/numpy/python RNG states (dropout) are checkpointed.
+  checkpoint is the step; the torch/numpy/python RNG states are checkpointed as well.
 * **checkpoints**: ``checkpoint-<step>/`` (``model.safetensors`` of the whole
   ``ResRankModel``, ``optimizer.pt``, ``rng_state.pt`` with scheduler and RNG states,
   ``trainer_state.json``) every ``checkpoint_every`` steps, written to a temporary folder
@@ -42,9 +44,37 @@ Semantics
   the end (the optimizer state of a 4B model is tens of GB). A rerun whose ``DONE``
   fingerprint matches returns at once.
 
-Process handling lives in ``_Runtime`` only (device, rank, autocast, barrier), so a
-later torchrun/accelerate launch changes that class and the gradient all-reduce, not the
-loop; files are written by rank 0 only.
+Distributed training
+--------------------
+The same code runs unchanged in one process or as N ranks under ``torchrun`` /
+``accelerate launch`` (``resrank train --processes N`` re-executes itself under torchrun);
+process handling lives in ``_Runtime`` (device, process group, collectives, sharding).
+
+* **equivalence**: every rank samples the same step lists and splits them into the same
+  ``grad_accum * N`` micro-batches; rank ``r`` computes micro-batches ``r, r+N, ...``
+  with the global loss weights, and the gradients are summed over ranks. So *N processes
+  with grad_accum a train exactly like 1 process with grad_accum N*a* (same micro-batches,
+  hence the same InfoNCE negatives, same dropout masks): losses, gradient norms and
+  weights agree up to float summation order. ``grad_accum`` is per process, and
+  ``queries_per_step >= grad_accum * N`` is required.
+* **ddp** (also used for ``distributed: none`` under a launcher): every rank holds the
+  whole model and optimizer; after the step's last backward, trainable gradients are
+  summed in bucketed all-reduces. Not torch's ``DistributedDataParallel`` wrapper: a
+  micro-batch calls the encoder and reranker several times before one backward, and
+  phases freeze parts of the model, both awkward for DDP's reducer; the price is no
+  overlap of communication with the backward pass.
+* **fsdp**: FSDP2 ``fully_shard`` on every transformer layer plus a root unit (embeddings,
+  norms, projector) around a module whose forward is one micro-batch's loss; parameters,
+  gradients and AdamW states are sharded, gradients reduce-scattered (summed) after the
+  step's last micro-batch. bf16 on GPU adds a bf16-compute / fp32-reduce policy.
+* **deepspeed** is not wired in: it raises a ``ResRankError`` pointing to fsdp.
+* **files**: only rank 0 writes (loss log, checkpoints, final weights, ``DONE``); FSDP
+  first gathers full weights and optimizer states to rank 0 (collectives on every rank).
+  Checkpoints hold the one-process formats (full ``model.safetensors``, ``optimizer.pt``
+  with integer parameter ids), so any strategy and process count resumes any
+  checkpoint (the continuation is exact when ``grad_accum * N`` is unchanged); rank 0
+  picks the checkpoint and every rank loads it. Barriers follow each
+  save, so no rank runs ahead of a checkpoint or returns before ``DONE`` exists.
 """
 
 from __future__ import annotations
@@ -63,7 +93,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -93,13 +123,28 @@ _RUNTIME_ONLY_KEYS = ("gradient_checkpointing", "distributed", "num_processes")
 # --------------------------------------------------------------------------- runtime
 
 
-@dataclass(frozen=True)
 class _Runtime:
-    """Device and process placement: the one place a multi-process launch has to change."""
+    """Device and process placement: everything a multi-process launch changes lives here.
 
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
+    One process (no ``WORLD_SIZE`` > 1 in the environment): CPU or ``cuda:LOCAL_RANK``,
+    every collective a no-op. Under ``torchrun`` / ``accelerate launch`` (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR/PORT`` set): the default process group
+    (NCCL on CUDA, gloo on CPU) is initialised here unless the caller already did, each
+    rank uses ``cuda:LOCAL_RANK`` (or the CPU), and ``strategy`` is ``ddp`` (replicated
+    weights, gradients summed over ranks once per optimizer step) or ``fsdp`` (FSDP2
+    ``fully_shard`` per transformer layer + a root over the rest). ``root`` is the FSDP
+    root module after ``prepare`` (``None`` otherwise).
+    """
+
+    def __init__(
+        self, device: torch.device, rank: int = 0, world_size: int = 1, strategy: str = "none", owns_group: bool = False
+    ) -> None:
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        self.strategy = strategy
+        self.owns_group = owns_group
+        self.root: nn.Module | None = None
 
     @property
     def is_main(self) -> bool:
@@ -109,22 +154,58 @@ class _Runtime:
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
     @classmethod
     def detect(cls, cfg: ResRankConfig) -> _Runtime:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size > 1:
-            raise ResRankError(
-                f"launched with WORLD_SIZE={world_size}, but multi-process training is not implemented yet; "
-                "run the training step as a single process"
-            )
-        if cfg.train.distributed != "none" or cfg.train.num_processes > 1:
-            log.warning(
-                "train.distributed=%s / num_processes=%d requested, training in one process",
-                cfg.train.distributed,
-                cfg.train.num_processes,
-            )
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else None
-        return cls(device=device or torch.device("cpu"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if world_size <= 1:
+            if cfg.train.distributed != "none" or cfg.train.num_processes > 1:
+                log.warning(
+                    "train.distributed=%s / num_processes=%d requested but this is a single process; "
+                    "launch with `resrank train --processes N` or torchrun to train on several devices",
+                    cfg.train.distributed,
+                    cfg.train.num_processes,
+                )
+            device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+            return cls(device=device)
+        strategy = {"none": "ddp", "ddp": "ddp", "fsdp": "fsdp"}.get(cfg.train.distributed)
+        if strategy is None:  # deepspeed
+            _deepspeed_unavailable()
+        import torch.distributed as dist
+
+        if torch.cuda.is_available():
+            if local_rank >= torch.cuda.device_count():
+                raise ResRankError(
+                    f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) are visible; "
+                    "launch at most one process per GPU (train.num_processes / resrank train --processes)"
+                )
+            torch.cuda.set_device(local_rank)
+            device, backend = torch.device("cuda", local_rank), "nccl"
+        else:
+            device, backend = torch.device("cpu"), "gloo"
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group(backend=backend)
+        rank = dist.get_rank()
+        if dist.get_world_size() != world_size:
+            raise ResRankError(f"WORLD_SIZE={world_size} but the process group has {dist.get_world_size()} ranks")
+        if rank == 0 and cfg.train.num_processes != world_size:
+            log.info("train.num_processes=%d, launched with %d processes", cfg.train.num_processes, world_size)
+        log.debug("rank %d/%d on %s (%s, %s)", rank, world_size, device, backend, strategy)
+        return cls(device=device, rank=rank, world_size=world_size, strategy=strategy, owns_group=owns)
+
+    def close(self) -> None:
+        """Destroy the process group if ``detect`` created it."""
+        if self.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.owns_group = False
 
     def autocast(self, bf16: bool) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast on GPU when configured; full precision otherwise (CPU bf16 is slow and lossy)."""
@@ -134,6 +215,235 @@ class _Runtime:
 
     def barrier(self) -> None:
         """Synchronise processes (no-op in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled), so all ranks take the same decision."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_reduce_sum(self, tensor: Tensor) -> Tensor:
+        """In-place sum over ranks (identity in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    # ----------------------------------------------------------------- data parallelism
+
+    def prepare(self, model: nn.Module, cfg: ResRankConfig) -> None:
+        """Make all replicas start from rank 0's weights; with FSDP, shard the model (sets ``root``)."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        if self.strategy == "fsdp":
+            self.root = _shard(model, cfg, self)
+
+    def micro_losses(self, model: nn.Module, *args: Any) -> tuple[Tensor | None, Tensor | None]:
+        """``_micro_losses`` of one micro-batch, through the FSDP root when sharded."""
+        if self.root is not None:
+            return self.root(*args)
+        return _micro_losses(model, *args)
+
+    def gradient_sync(self, enabled: bool) -> None:
+        """FSDP: reduce-scatter gradients only after the last micro-batch of a step."""
+        if self.root is not None:
+            self.root.set_requires_gradient_sync(enabled)  # type: ignore[operator]
+
+    def reduce_gradients(self, params: list[nn.Parameter]) -> None:
+        """DDP: sum every trainable parameter's gradient over ranks (FSDP reduces in backward).
+
+        A gradient that is ``None`` on every rank stays ``None`` (AdamW then skips that
+        parameter, as in one process); one that exists on some rank only is zero elsewhere.
+        """
+        if not self.distributed or self.strategy != "ddp" or not params:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        present = torch.tensor([p.grad is not None for p in params], dtype=torch.int32, device=self.device)
+        dist.all_reduce(present, op=dist.ReduceOp.MAX)
+        grads = []
+        for p, has in zip(params, present.tolist(), strict=True):
+            if has:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad)
+        for bucket in _buckets(grads, _BUCKET_ELEMENTS):
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for grad, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
+                grad.copy_(reduced)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, Tensor] | None:
+        """The whole model's state dict on rank 0 (gathered from the shards with FSDP), ``None`` elsewhere.
+
+        A collective under FSDP: every rank must call it.
+        """
+        if self.root is None:
+            return model.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.root, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return None
+        return {k.removeprefix(_ROOT_PREFIX): v for k, v in state.items()}
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """``optimizer.state_dict()`` of one process (integer parameter ids) on rank 0, ``None`` elsewhere.
+
+        FSDP gathers the sharded states into that same format, so a checkpoint resumes with
+        any strategy and process count. A collective under FSDP: every rank must call it.
+        """
+        if self.root is None or not _optimizes_model(optimizer, self.root):
+            return optimizer.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(
+            self.root, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if not self.is_main:
+            return None
+        index = {name: i for i, name in enumerate(_optimizer_param_names(optimizer, self.root))}
+        return {
+            "state": {index[name]: value for name, value in state["state"].items()},
+            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+        }
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Load what ``optimizer_state`` wrote (every rank reads the same file)."""
+        if self.root is None or not _optimizes_model(optimizer, self.root):
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _optimizer_param_names(optimizer, self.root)
+        by_name = {
+            "state": {names[int(i)]: value for i, value in state["state"].items()},
+            "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+        }
+        # strict=False: parameters that never received a gradient (e.g. an unused pooler) have no state
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_optimizer_state_dict(self.root, optimizer, by_name, options=options)
+
+
+_BUCKET_ELEMENTS = 2**25
+"""Gradient elements per DDP all-reduce (128 MB of fp32): bounds the extra flat buffer."""
+_ROOT_PREFIX = "model."
+
+
+def _buckets(tensors: list[Tensor], limit: int) -> Iterator[list[Tensor]]:
+    """Consecutive groups of same-dtype tensors of at most ``limit`` elements (one tensor may exceed it)."""
+    bucket: list[Tensor] = []
+    size = 0
+    for t in tensors:
+        if bucket and (size + t.numel() > limit or t.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(t)
+        size += t.numel()
+    if bucket:
+        yield bucket
+
+
+class _LossModule(nn.Module):
+    """FSDP root: one forward = one micro-batch's losses, so every sharded parameter is gathered by a hook."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> tuple[Tensor | None, Tensor | None]:
+        return _micro_losses(self.model, *args)
+
+
+def _shard(model: nn.Module, cfg: ResRankConfig, runtime: _Runtime) -> nn.Module:
+    """FSDP2 full sharding: one unit per transformer layer (the backbones' ``_no_split_modules``), one root.
+
+    The root unit holds the rest (token embeddings, final norms, projector); it stays
+    gathered during a micro-batch, which lets the model use the embedding table directly.
+
+    Gradients are summed, not averaged, over ranks (the loss weights are global already).
+    bf16 on GPU: bf16 compute copies of the parameters, fp32 shards and fp32 gradient reduction.
+    """
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+    from transformers import PreTrainedModel
+
+    policy = MixedPrecisionPolicy()
+    if cfg.train.bf16 and runtime.on_gpu:
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    layer_classes: set[str] = set()
+    embeddings: set[int] = set()  # the reranker reads its token embeddings outside the backbone's forward
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            layer_classes.update(module._no_split_modules or [])
+            embeddings.add(id(module.get_input_embeddings()))
+    units = [
+        m
+        for m in model.modules()
+        if type(m).__name__ in layer_classes and not any(id(sub) in embeddings for sub in m.modules())
+    ]
+    unit_names = ", ".join(sorted({type(m).__name__ for m in units}))
+    for module in units:
+        fully_shard(module, mp_policy=policy)
+    root = fully_shard(_LossModule(model), mp_policy=policy)
+    for module in root.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
+    log.info(
+        "FSDP: %d sharded units (%s) + root on %d ranks",
+        len(units),
+        unit_names,
+        runtime.world_size,
+    )
+    return root
+
+
+def _optimizes_model(optimizer: torch.optim.Optimizer, module: nn.Module) -> bool:
+    """False for the placeholder optimizer of a phase without trainable parameters."""
+    ids = {id(p) for p in module.parameters()}
+    return all(id(p) in ids for g in optimizer.param_groups for p in g["params"])
+
+
+def _optimizer_param_names(optimizer: torch.optim.Optimizer, module: nn.Module) -> list[str]:
+    """Parameter names in ``optimizer.state_dict()`` id order (the names torch.distributed.checkpoint uses)."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def _deepspeed_unavailable() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ResRankError(
+            "train.distributed 'deepspeed' needs the deepspeed package: pip install deepspeed; or use fsdp"
+        ) from None
+    raise ResRankError(
+        "train.distributed 'deepspeed' (ZeRO-3) is not wired into this trainer (untested); "
+        "use fsdp, which shards parameters, gradients and optimizer states the same way"
+    )
+
+
+@contextlib.contextmanager
+def _session(cfg: ResRankConfig) -> Iterator[_Runtime]:
+    """The runtime for a stage or a chain of stages; tears the process group down after success."""
+    runtime = _Runtime.detect(cfg)
+    yield runtime
+    runtime.close()
 
 
 # --------------------------------------------------------------------------- public API
@@ -147,8 +457,9 @@ def train(
 ) -> Path:
     """Run every stage of ``cfg.train.stages`` in order into ``out_dir/<stage>``; returns the last stage folder."""
     checkpoint = init_checkpoint
-    for stage in cfg.train.stages:
-        checkpoint = train_stage(cfg, stage, train_lists, Path(out_dir) / stage.name, checkpoint)
+    with _session(cfg):  # one process group for all stages
+        for stage in cfg.train.stages:
+            checkpoint = train_stage(cfg, stage, train_lists, Path(out_dir) / stage.name, checkpoint)
     if checkpoint is None:
         raise ResRankError("train: the config has no training stages")
     return checkpoint
@@ -166,16 +477,31 @@ def train_stage(
     ``lists`` maps dataset names to training lists (the stage uses ``stage.datasets``) or
     is the stage's lists directly. ``init_checkpoint`` (a trained stage folder or a
     ``model.safetensors`` file) initialises the model, e.g. stage 2 from stage 1.
+    Under torchrun every rank calls this with the same arguments.
     """
-    out_dir = Path(out_dir)
-    runtime = _Runtime.detect(cfg)
+    with _session(cfg) as runtime:
+        return _train_stage(runtime, cfg, stage, lists, Path(out_dir), init_checkpoint)
+
+
+def _train_stage(
+    runtime: _Runtime,
+    cfg: ResRankConfig,
+    stage: StageConfig,
+    lists: Mapping[str, Sequence[TrainingList]] | Sequence[TrainingList],
+    out_dir: Path,
+    init_checkpoint: Path | None,
+) -> Path:
     pool = _stage_pool(stage, lists)
     phases = _phases(cfg, stage)
     total = sum(n for _, n in phases)
-    if stage.queries_per_step < stage.grad_accum:
+    micro_batches = stage.grad_accum * runtime.world_size
+    if stage.queries_per_step < micro_batches:
+        per = f"grad_accum ({stage.grad_accum})" + (
+            f" x processes ({runtime.world_size})" if runtime.distributed else ""
+        )
         raise ResRankError(
-            f"stage {stage.name}: queries_per_step ({stage.queries_per_step}) must be >= grad_accum "
-            f"({stage.grad_accum}); each micro-batch needs at least one query"
+            f"stage {stage.name}: queries_per_step ({stage.queries_per_step}) must be >= {per}; "
+            "each micro-batch needs at least one query"
         )
     fingerprint = stage_fingerprint(cfg, stage, pool, init_checkpoint)
     if _completed(out_dir, fingerprint):
@@ -188,18 +514,22 @@ def train_stage(
         out_dir.mkdir(parents=True, exist_ok=True)
         _remove_tmp(out_dir)
         (out_dir / DONE_FILE).unlink(missing_ok=True)  # a stale marker of another config
+    runtime.barrier()
     if cfg.train.gradient_checkpointing and runtime.on_gpu:
         _enable_gradient_checkpointing(model)
 
-    resume = _latest_checkpoint(out_dir, fingerprint)
+    found = _latest_checkpoint(out_dir, fingerprint) if runtime.is_main else None
+    ckpt_path = runtime.broadcast_object(None if found is None else str(found[0]))  # rank 0 decides for all
+    resume = None if ckpt_path is None else (Path(ckpt_path), _read_state(Path(ckpt_path)) or {})
     start_step, elapsed_before = 0, 0.0
     if resume is not None:
         ckpt_dir, ckpt_state = resume
         _load_weights(model, ckpt_dir / WEIGHTS_FILE)
         start_step, elapsed_before = int(ckpt_state["step"]), float(ckpt_state.get("elapsed", 0.0))
         log.info("stage %s: resuming from %s (step %d of %d)", stage.name, ckpt_dir, start_step, total)
-    elif any(out_dir.glob(f"{CHECKPOINT_PREFIX}*")):
+    elif runtime.is_main and any(out_dir.glob(f"{CHECKPOINT_PREFIX}*")):
         log.warning("stage %s: checkpoints in %s belong to another config; starting afresh", stage.name, out_dir)
+    runtime.prepare(model, cfg)
 
     base_state = {
         "stage": stage.name,
@@ -224,7 +554,7 @@ def train_stage(
                     params = _configure_phase(model, cfg, phase)
                     optimizer, scheduler = _make_optimizer(model, params, stage, phase_steps)
                     if resume is not None and step == start_step + 1 and resume[1].get("phase") == phase:
-                        _load_optimizer_state(resume[0], optimizer, scheduler)
+                        _load_optimizer_state(resume[0], optimizer, scheduler, runtime)
                     phase_name = phase
                 if resume is not None and step == start_step + 1:
                     _set_rng_state(_load_pickle(resume[0] / "rng_state.pt")["rng"])
@@ -235,16 +565,13 @@ def train_stage(
                 logger.write(record)
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
-                if step % stage.checkpoint_every == 0 and step < total and runtime.is_main:
+                if step % stage.checkpoint_every == 0 and step < total:
                     state = {**base_state, "step": step, "phase": phase, "elapsed": record["elapsed"]}
-                    _save_checkpoint(out_dir, step, model, optimizer, scheduler, state)
-                runtime.barrier()
+                    _save_checkpoint(out_dir, step, model, optimizer, scheduler, state, runtime)
     finally:
         logger.close()
-    if runtime.is_main:
-        state = {**base_state, "step": total, "phase": phase_name, "elapsed": round(time.monotonic() - started, 3)}
-        _save_final(out_dir, model, {**state, "done": True}, cfg)
-    runtime.barrier()
+    state = {**base_state, "step": total, "phase": phase_name, "elapsed": round(time.monotonic() - started, 3)}
+    _save_final(out_dir, model, {**state, "done": True}, cfg, runtime)
     return out_dir
 
 
@@ -301,32 +628,42 @@ def _optimizer_step(
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     params: list[nn.Parameter],
 ) -> dict[str, Any]:
-    """Accumulate ``grad_accum`` micro-batches, clip, step; return the log record."""
+    """Accumulate this rank's micro-batches, reduce gradients over ranks, clip, step; return the log record.
+
+    The step's ``queries_per_step`` lists are split into ``grad_accum * world_size``
+    contiguous micro-batches (exactly one process's split with that ``grad_accum``); rank
+    ``r`` runs micro-batches ``r, r + world_size, ...``. Loss weights are shares of the
+    whole step's units, so the summed gradient is the same on any process count.
+    """
     do_rank = phase in ("joint", "reranker")
     do_retrieval, retrieval_weight = _retrieval_term(cfg, phase)
-    micro = [list(c) for c in np.array_split(np.arange(len(batch)), stage.grad_accum) if len(c)]
+    n_micro = stage.grad_accum * runtime.world_size
+    micro = [list(c) for c in np.array_split(np.arange(len(batch)), n_micro) if len(c)]
     chunks = [[batch[i] for i in idx] for idx in micro]
     if cfg.train.rank_loss == "ranknet":
         units = [_count_pairs(chunk) for chunk in chunks]
     else:
         units = [len(chunk) for chunk in chunks]
-    total_units = sum(units)
+    total_units = sum(units)  # every rank sees the whole step's lists: no communication needed
+    mine = list(range(runtime.rank, len(chunks), runtime.world_size))
+    stage_seed = _stage_seed(cfg.seed, stage.name)
     lr = optimizer.param_groups[0]["lr"]
     optimizer.zero_grad(set_to_none=True)
-    rank_total = torch.zeros((), device=runtime.device)
-    retrieval_total = torch.zeros((), device=runtime.device)
-    for chunk, unit in zip(chunks, units, strict=True):
-        with runtime.autocast(cfg.train.bf16):
-            rank, retrieval = _micro_losses(model, chunk, cfg, phase, do_rank, do_retrieval)
+    totals = torch.zeros(2, device=runtime.device)  # weighted rank and retrieval losses of this rank
+    for position, index in enumerate(mine):
+        chunk, unit = chunks[index], units[index]
+        runtime.gradient_sync(position == len(mine) - 1)
+        with runtime.autocast(cfg.train.bf16), _micro_batch_rng(stage_seed, step, index, runtime.device):
+            rank, retrieval = runtime.micro_losses(model, chunk, cfg, phase, do_rank, do_retrieval)
         loss = torch.zeros((), device=runtime.device)
         if rank is not None:
             w = unit / total_units if total_units else 0.0
             loss = loss + w * rank
-            rank_total += w * rank.detach()
+            totals[0] += w * rank.detach().float()
         if retrieval is not None:
             w = len(chunk) / len(batch)
             loss = loss + retrieval_weight * w * retrieval
-            retrieval_total += w * retrieval.detach()
+            totals[1] += w * retrieval.detach().float()
         if not torch.isfinite(loss.detach()):
             raise ResRankError(
                 f"non-finite loss at {stage.name} step {step}: rank_loss={_num(rank)}, "
@@ -335,7 +672,11 @@ def _optimizer_step(
             )
         if loss.requires_grad:
             loss.backward()
+    runtime.reduce_gradients(params)
+    rank_total, retrieval_total = runtime.all_reduce_sum(totals).unbind()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, stage.max_grad_norm) if params else torch.zeros(())
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+        grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         raise ResRankError(
             f"non-finite gradient norm at {stage.name} step {step} (lr {lr:.3g}); "
@@ -583,6 +924,23 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def _micro_batch_rng(stage_seed: int, step: int, index: int, device: torch.device) -> Iterator[None]:
+    """Torch RNG (dropout) seeded from (stage seed, step, micro-batch) for one micro-batch's forward.
+
+    Dropout masks then depend on which micro-batch is computed, not on which process or in
+    what order, so N processes reproduce one process exactly; the global RNG is restored after.
+    """
+    seed = int(np.random.SeedSequence([stage_seed, step, index]).generate_state(1, np.uint64)[0] >> 1)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if devices:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 @functools.lru_cache(maxsize=8)
 def _epoch_permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(int(i) for i in np.random.default_rng([seed, epoch]).permutation(n))
@@ -701,43 +1059,73 @@ def _save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     state: dict[str, Any],
+    runtime: _Runtime,
 ) -> Path:
-    """Write ``checkpoint-<step>/`` via a temporary folder and rename; delete older checkpoints."""
+    """Write ``checkpoint-<step>/`` via a temporary folder and rename; delete older checkpoints.
+
+    Every rank calls this (FSDP gathers the shards); rank 0 alone writes, the others wait.
+    """
     target = out_dir / f"{CHECKPOINT_PREFIX}{step:07d}"
+    weights = runtime.full_state_dict(model)
+    optim_state = runtime.optimizer_state(optimizer)
+    if runtime.is_main:
 
-    def fill(tmp: Path) -> None:
-        _save_weights(model, tmp / WEIGHTS_FILE)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "rng_state.pt")
-        write_json(tmp / STATE_FILE, state)
+        def fill(tmp: Path) -> None:
+            _save_weights(model, tmp / WEIGHTS_FILE, weights, runtime)
+            torch.save(optim_state, tmp / "optimizer.pt")
+            torch.save({"scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "rng_state.pt")
+            write_json(tmp / STATE_FILE, state)
 
-    _atomic_dir(target, fill)
-    for old in out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        if old != target and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+        _atomic_dir(target, fill)
+        for old in out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            if old != target and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    runtime.barrier()
     return target
 
 
-def _save_final(out_dir: Path, model: nn.Module, state: dict[str, Any], cfg: ResRankConfig) -> None:
-    """Weights, resolved config and state (each atomically), then ``DONE``; then drop the step checkpoints."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{WEIGHTS_FILE}.", dir=out_dir)
-    os.close(fd)
-    try:
-        _save_weights(model, Path(tmp))
-        os.replace(tmp, out_dir / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    write_json(out_dir / "config.json", cfg.to_dict())
-    write_json(out_dir / STATE_FILE, state)
-    write_json(out_dir / DONE_FILE, state)
-    for old in out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        shutil.rmtree(old, ignore_errors=True)
+def _save_final(out_dir: Path, model: nn.Module, state: dict[str, Any], cfg: ResRankConfig, runtime: _Runtime) -> None:
+    """Weights, resolved config and state (each atomically), then ``DONE``; then drop the step checkpoints.
+
+    Every rank calls this; rank 0 alone writes, and no rank returns before ``DONE`` exists.
+    """
+    weights = runtime.full_state_dict(model)
+    if runtime.is_main:
+        fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{WEIGHTS_FILE}.", dir=out_dir)
+        os.close(fd)
+        try:
+            _save_weights(model, Path(tmp), weights, runtime)
+            os.replace(tmp, out_dir / WEIGHTS_FILE)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        write_json(out_dir / "config.json", cfg.to_dict())
+        write_json(out_dir / STATE_FILE, state)
+        write_json(out_dir / DONE_FILE, state)
+        for old in out_dir.glob(f"{CHECKPOINT_PREFIX}*"):
+            shutil.rmtree(old, ignore_errors=True)
+    runtime.barrier()
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
-    """The model's own writer, so ``ResRankModel.from_checkpoint`` reads every key back."""
-    model.save_checkpoint(path)
+def _save_weights(model: nn.Module, path: Path, weights: dict[str, Tensor] | None, runtime: _Runtime) -> None:
+    """The model's own writer, so ``ResRankModel.from_checkpoint`` reads every key back.
+
+    With FSDP the model holds shards only, so ``weights`` (the gathered state dict) is
+    written the same way: safetensors, every key stored, shared tensors cloned.
+    """
+    if runtime.root is None:
+        model.save_checkpoint(path)
+        return
+    from safetensors.torch import save_file
+
+    assert weights is not None
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in weights.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -1
+        out[key] = tensor.detach().clone().contiguous() if ptr in seen else tensor.detach().contiguous()
+        seen.add(ptr)
+    save_file(out, str(path))
 
 
 def _atomic_dir(target: Path, fill: Any) -> None:
@@ -793,9 +1181,9 @@ def _latest_checkpoint(out_dir: Path, fingerprint: str) -> tuple[Path, dict[str,
 
 
 def _load_optimizer_state(
-    folder: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR
+    folder: Path, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, runtime: _Runtime
 ) -> None:
-    optimizer.load_state_dict(_load_pickle(folder / "optimizer.pt"))
+    runtime.load_optimizer_state(optimizer, _load_pickle(folder / "optimizer.pt"))
     scheduler.load_state_dict(_load_pickle(folder / "rng_state.pt")["scheduler"])
 
 
