@@ -709,8 +709,9 @@ def test_offline_ir_datasets_download_is_refused(tmp_path: Path) -> None:
     """An ir_datasets id whose files are not cached, with downloads refused (RESRANK_OFFLINE=1).
 
     Runs in a fresh interpreter because ir_datasets fixes its cache folder at first import.
-    `data prepare` records the dataset as unavailable (exit 0, only a manifest, no download);
-    the next step that needs it is refused with exit status 2.
+    `data prepare` is refused (exit 2, nothing written, no download); with --record-unavailable
+    it records the dataset as unavailable (exit 0, only a manifest) and the next step that needs
+    it is refused with exit status 2.
     """
     cfg = write_config(tmp_path)
     home = tmp_path / "irds-home"
@@ -725,6 +726,11 @@ def test_offline_ir_datasets_download_is_refused(tmp_path: Path) -> None:
                               capture_output=True, text=True, timeout=300, check=False)
 
     done = run_cli("data", "prepare", "--config", cfg, "--dataset", "scifact-irds", "--out", out)
+    assert done.returncode == 2, done.stderr
+    assert "ir_datasets could not download 'beir/scifact/test'" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
+    done = run_cli("data", "prepare", "--config", cfg, "--dataset", "scifact-irds", "--out", out,
+                   "--record-unavailable")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
