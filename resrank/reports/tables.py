@@ -132,7 +132,7 @@ def write_tables(config_path: str | Path, metrics: Path, out_dir: Path) -> None:
     prov = read_json(prov_path) if prov_path.exists() else None
     header, rows = main_table(frame, config, plan)
     write_table(out_dir / "main", header, rows,
-                caption=f"nDCG@10, BM25 top-{config['retrieval']['depth']} reranked in one pass "
+                caption=f"nDCG@10, BM25 top-{config['reranker']['depth']} reranked in one pass "
                         f"(profile '{config['profile']}')",
                 notes=[f"'{UNAVAILABLE}': " + "; ".join(f"{k}: {v}" for k, v in plan.eval_unavailable.items())
                        if plan.eval_unavailable else f"'{UNAVAILABLE}': none",
