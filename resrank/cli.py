@@ -264,6 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--checkpoint", help="trained stage folder (holding model.safetensors)")
         g.add_argument("--untrained", action="store_true", help="use the configured models before training")
 
+    def model_job_args(p: argparse.ArgumentParser) -> None:
+        """What every reranking job reads: config, variant, weights, data, candidates, embeddings."""
+        config_arg(p)
+        variant_arg(p)
+        checkpoint_args(p)
+        p.add_argument("--data", required=True, help="prepared dataset folder")
+        p.add_argument("--first-stage", required=True, help="TREC run of the candidates")
+        p.add_argument("--embeddings", required=True, help="passage embedding file from `resrank encode`")
+
     data = add(sub, "data", lambda a: None, "prepare and inspect datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = add(data_sub, "prepare", cmd_data_prepare, "load a registered dataset and write the prepared layout")
@@ -320,12 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
 
     p = add(sub, "rerank", cmd_rerank, "rerank first-stage candidates in one forward pass per query")
-    config_arg(p)
-    variant_arg(p)
-    checkpoint_args(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--first-stage", required=True)
-    p.add_argument("--embeddings", required=True)
+    model_job_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--stats", default=None, help="JSON with tokens, forward passes and latency per query")
     p.add_argument("--encoder-only", action="store_true", help="cosine of encoder vectors (baseline)")
@@ -333,12 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidate order fed to the reranker: first-stage | reversed | random:<seed>")
 
     p = add(sub, "position", cmd_position, "nDCG@10 with candidates fed in first-stage, reversed and random orders")
-    config_arg(p)
-    variant_arg(p)
-    checkpoint_args(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--first-stage", required=True)
-    p.add_argument("--embeddings", required=True)
+    model_job_args(p)
     p.add_argument("--random-orders", type=int, default=3, help="number of random permutations")
     p.add_argument("--out", required=True, help="JSON with nDCG@10 per input order")
 
