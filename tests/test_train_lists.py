@@ -88,6 +88,21 @@ def test_lists_from_precomputed_candidates_one_positive_each() -> None:
         assert len(tl.hard_negatives) == 3 and tl.positives[0] not in tl.hard_negatives
 
 
+def test_run_over_a_candidate_file_set_takes_texts_from_the_candidates() -> None:
+    # DL21-like: no corpus, texts only in the candidate file, and the DAG's run re-ranks it.
+    queries = [Query(f"q{i}", f"query {i}") for i in range(3)]
+    candidates = [
+        CandidateList(q, [Candidate(f"d{j}", 1.0 / (j + 1), text=f"text {j}") for j in range(5)]) for q in queries
+    ]
+    ds = Dataset("dl21-like", queries, {f"q{i}": {f"d{i}": 2} for i in range(3)}, corpus=None, candidates=candidates)
+    run = {q.qid: {f"d{j}": float(10 - j) for j in range(5)} for q in queries}
+    lists = build_lists(ds, run, list_size=4, hard_negatives=2, labels="qrels", seed=0)
+    assert [tl.query.qid for tl in lists] == ["q0", "q1", "q2"]
+    assert lists[1].texts[:2] == ["text 0", "text 1"]
+    assert lists[1].positives == [1]
+    assert [tl.to_dict() for tl in lists] == [tl.to_dict() for tl in build_lists(ds, None, 4, 2, seed=0)]
+
+
 def test_no_run_and_no_candidates_is_a_clear_error() -> None:
     with pytest.raises(ResRankError, match="no first-stage run"):
         build_lists(_dataset(), None, 4, 2)

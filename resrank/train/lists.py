@@ -211,8 +211,13 @@ def read_lists(path: str | Path) -> list[TrainingList]:
 def _ranked_candidates(dataset: Dataset, run: Run | None) -> dict[str, list[Candidate]]:
     """qid -> candidates best first, from the run (texts looked up later) or the dataset."""
     if run is not None:
+        # A run carries no texts: take them from the candidate files when there is no corpus.
+        texts = {(cl.query.qid, c.docid): c for cl in dataset.candidates or [] for c in cl.candidates}
         return {
-            qid: [Candidate(d, s) for d, s in sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))]
+            qid: [
+                Candidate(d, s, *_text_of(texts.get((qid, d))))
+                for d, s in sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            ]
             for qid, docs in run.items()
         }
     if dataset.candidates is None:
@@ -221,6 +226,10 @@ def _ranked_candidates(dataset: Dataset, run: Run | None) -> dict[str, list[Cand
             "run BM25 first (resrank retrieve) or supply a candidate file"
         )
     return {cl.query.qid: list(cl.candidates) for cl in dataset.candidates}
+
+
+def _text_of(cand: Candidate | None) -> tuple[str, str]:
+    return (cand.text, cand.title) if cand is not None else ("", "")
 
 
 def _passage(cand: Candidate, corpus: Mapping[str, Passage] | None) -> Passage:
