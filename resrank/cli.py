@@ -241,6 +241,15 @@ def cmd_bench_efficiency(args: argparse.Namespace) -> None:
     efficiency_from_config(args.config, Path(args.out_dir), Path(args.fig_dir))
 
 
+def cmd_bench_bm25(args: argparse.Namespace) -> None:
+    from resrank.bench.runner import bm25_throughput_from_config
+
+    if args.repeats is not None and args.repeats < 1:
+        raise ResRankError(f"--repeats must be >= 1, got {args.repeats}")
+    bm25_throughput_from_config(args.config, [Path(d) for d in args.data], Path(args.out_dir), args.repeats,
+                                args.rank_bm25_max_documents or None)
+
+
 # ------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resrank", description=__doc__.splitlines()[0])
@@ -380,6 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--fig-dir", required=True)
+    p = add(b_sub, "bm25", cmd_bench_bm25,
+            "BM25 index time and queries/second of both backends (bm25s, rank-bm25) on prepared datasets")
+    config_arg(p)
+    p.add_argument("--data", nargs="*", default=[],
+                   help="prepared dataset folders with a corpus (none: an empty table saying so)")
+    p.add_argument("--out-dir", required=True, help="tables folder (bm25_throughput.md/.csv/.tex/.json)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed search passes, the fastest reported (default: the config's efficiency.repeats)")
+    p.add_argument("--rank-bm25-max-documents", type=int, default=1_000_000,
+                   help="skip rank-bm25 on larger corpora (0: no limit)")
     return parser
 
 

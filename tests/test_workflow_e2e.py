@@ -54,7 +54,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_all_builds_every_table_figure_and_report(smoke_run: Path) -> None:
-    for name in ("main", "bm25_vs_published", "ablations", "pools", "efficiency"):
+    for name in ("main", "bm25_vs_published", "ablations", "pools", "efficiency", "bm25_throughput"):
         for ext in ("md", "csv", "tex"):
             assert (smoke_run / "tables" / f"{name}.{ext}").stat().st_size > 0
     for name in ("ndcg_per_dataset", "ablation_deltas", "loss_curves", "efficiency_scaling", "position_sensitivity"):
@@ -62,6 +62,10 @@ def test_all_builds_every_table_figure_and_report(smoke_run: Path) -> None:
         assert (smoke_run / "figures" / f"{name}.pdf").exists()
     html = (smoke_run / "report.html").read_text()
     assert "ResRank reproduction report" in html and "<img" in html
+    assert "BM25 first-stage throughput" in html  # the efficiency section shows the BM25 table
+    throughput = pd.read_csv(smoke_run / "tables" / "bm25_throughput.csv")
+    assert list(throughput.backend) == ["bm25s", "rank-bm25"] and set(throughput.dataset) == {"embedded"}
+    assert throughput["ndcg@10"].nunique() == 1 and (throughput.qps > 0).all()
     notebook = json.loads((smoke_run / "report.ipynb").read_text())
     errors = [o for c in notebook["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []

@@ -21,7 +21,7 @@ rule ablation_tables:
         "../../environment.yml"
     input:
         metrics=f"{OUT}/metrics.csv",
-        stats=[f"{OUT}/stats/{d}/{v}.json" for d in PLAN.rerankable for v in PLAN.variants],
+        stats=rerank_stats_files(),
     output:
         report(table_files("ablations"), caption="../report/table_ablations.rst", category="Tables"),
         report(table_files("pools"), caption="../report/table_pools.rst", category="Tables"),
@@ -71,6 +71,30 @@ rule efficiency:
         "{RESRANK} bench efficiency --config {CONFIG} --out-dir {OUT}/tables --fig-dir {OUT}/figures 2> {log}"
 
 
+rule bm25_throughput:
+    """BM25 index time and queries/second of both backends (bm25s, rank-bm25) on every prepared
+    dataset with a corpus, with the profile's retrieval settings; one thread, like `efficiency`."""
+    conda:
+        "../../environment.yml"
+    input:
+        data=[f"{OUT}/data/{d}/manifest.json" for d in PLAN.with_corpus],
+    output:
+        report(table_files("bm25_throughput"), caption="../report/table_bm25_throughput.rst", category="Tables"),
+        f"{OUT}/tables/bm25_throughput.json",
+    params:
+        data=lambda w, input: " ".join(os.path.dirname(p) for p in input.data),
+        retrieval=lambda w: section("retrieval"),
+        repeats=lambda w: section("efficiency", "repeats"),
+    threads: 1
+    resources:
+        mem_mb=lambda w: res("bm25_throughput", "mem_mb", 4000),
+        runtime=lambda w: res("bm25_throughput", "runtime", 60),
+    log:
+        f"{OUT}/logs/bm25_throughput.log",
+    shell:
+        "{RESRANK} bench bm25 --config {CONFIG} --data {params.data} --out-dir {OUT}/tables 2> {log}"
+
+
 rule figures:
     conda:
         "../../environment.yml"
@@ -100,7 +124,7 @@ rule notebook_report:
     conda:
         "../../environment.yml"
     input:
-        table_files("main", "bm25_vs_published", "ablations", "pools", "efficiency"),
+        table_files("main", "bm25_vs_published", "ablations", "pools", "efficiency", "bm25_throughput"),
         rules.figures.output,
         notebook="notebooks/report.ipynb",
     output:
