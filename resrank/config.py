@@ -85,7 +85,6 @@ class TrainConfig:
     tau_retrieval: float
     train_encoder: bool
     gradient_checkpointing: bool
-    bf16: bool
     distributed: Literal["none", "ddp", "fsdp", "deepspeed"]
     num_processes: int
 
@@ -99,6 +98,7 @@ class ResRankConfig:
     variant: str
     data_root: str | None
     results_dir: str
+    precision: Literal["fp32", "bf16", "auto"]
     eval_datasets: tuple[str, ...]
     retrieval: RetrievalConfig
     encoder: EncoderConfig
@@ -192,6 +192,7 @@ def resolve(data: dict[str, Any], variant: str = "resrank", source: str = "confi
         variant=variant,
         data_root=data_root,
         results_dir=resolved["results_dir"],
+        precision=resolved["precision"],
         eval_datasets=tuple(resolved["datasets"]["eval"]),
         retrieval=_build(RetrievalConfig, resolved["retrieval"]),
         encoder=_build(EncoderConfig, resolved["encoder"]),

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from resrank import compute
 from resrank.config import ResRankConfig
 from resrank.data.prepared import read_prepared
 from resrank.data.types import Dataset, Run
@@ -36,13 +37,16 @@ WEIGHTS = "model.safetensors"
 
 # ------------------------------------------------------------------------- model
 def checkpoint_key(cfg: ResRankConfig, checkpoint: str | Path | None) -> str:
-    """Identity of the weights that produce embeddings: file hash, or the untrained model names."""
-    if checkpoint is None:
-        return "untrained-" + hashlib.sha256(f"{cfg.encoder}|{cfg.reranker.model}".encode()).hexdigest()[:16]
-    return sha256_file(_weights(checkpoint))[:32]
+    """Identity of what produces embeddings: the weights (file hash, or the untrained model
+    names), the encoder's settings (lengths, pooling, prefixes) and the resolved precision."""
+    weights = f"untrained|{cfg.reranker.model}" if checkpoint is None else sha256_file(_weights(checkpoint))
+    precision = compute.describe(cfg.precision, compute.default_device())
+    digest = hashlib.sha256(f"{weights}|{cfg.encoder}|{precision}".encode()).hexdigest()
+    return ("untrained-" if checkpoint is None else "") + digest[:32]
 
 
 def load_model(cfg: ResRankConfig, checkpoint: str | Path | None) -> Any:
+    """The model in eval mode on the inference device (the GPU when there is one)."""
     from resrank.model.resrank import ResRankModel
 
     torch.manual_seed(cfg.seed)
@@ -51,7 +55,11 @@ def load_model(cfg: ResRankConfig, checkpoint: str | Path | None) -> Any:
     else:
         model = ResRankModel.from_checkpoint(cfg.encoder, cfg.reranker, _weights(checkpoint))
     model.eval()
-    return model
+    return model.to(compute.default_device())
+
+
+def autocast(cfg: ResRankConfig, model: Any) -> contextlib.AbstractContextManager[Any]:
+    return compute.autocast(cfg.precision, model.device)
 
 
 def _weights(checkpoint: str | Path) -> Path:
@@ -173,7 +181,8 @@ def encode_dataset(cfg: ResRankConfig, data_dir: Path, first_stage: Path, checkp
         nonlocal model
         if model is None:
             model = load_model(cfg, checkpoint)
-        return model.encoder.encode(batch, "passage", batch_size=cfg.encoder.batch_size)
+        with autocast(cfg, model):
+            return model.encoder.encode(batch, "passage", batch_size=cfg.encoder.batch_size)
 
     start = time.perf_counter()
     vectors = cache.get_or_encode([texts[d] for d in docids], encode)
@@ -249,7 +258,8 @@ def rerank_dataset(cfg: ResRankConfig, data_dir: Path, first_stage: Path, embedd
         embs = [torch.stack([vectors[d] for d in docs]) if docs else torch.empty(0, 0) for docs in lists]
         texts = [queries[q] for q in chunk]
         began = time.perf_counter()
-        stats = _score(model, cfg, texts, embs, encoder_only)
+        with autocast(cfg, model):
+            stats = _score(model, cfg, texts, embs, encoder_only)
         elapsed = time.perf_counter() - began
         for i, qid in enumerate(chunk):
             scores = stats["scores"][i]
@@ -326,7 +336,8 @@ def _summarise(per_query: dict[str, dict[str, Any]], batch: int, cfg: ResRankCon
         "median_forward_passes": med("forward_passes"),
         "median_processed_tokens": med("processed_tokens"),
         "median_generated_tokens": med("generated_tokens"),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "device": compute.default_device().type,
+        "precision": compute.describe(cfg.precision, compute.default_device()),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -347,7 +358,8 @@ def dense_first_stage(cfg: ResRankConfig, data_dir: Path, embeddings: Path | str
         raise ResRankError(f"{embeddings}: {len(missing)} corpus passages lack embeddings; re-run `resrank encode`")
     docids = sorted(dataset.corpus)
     model = load_model(cfg, checkpoint)
-    qvecs = model.encoder.encode([q.text for q in dataset.queries], "query")
+    with autocast(cfg, model):
+        qvecs = model.encoder.encode([q.text for q in dataset.queries], "query")
     dvecs = torch.stack([vectors[d] for d in docids])
     run = dense_retrieve(qvecs, [q.qid for q in dataset.queries], dvecs, docids, cfg.retrieval.depth)
     write_trec_run(out, run, tag="dense")

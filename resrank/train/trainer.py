@@ -66,7 +66,7 @@ process handling lives in ``_Runtime`` (device, process group, collectives, shar
 * **fsdp**: FSDP2 ``fully_shard`` on every transformer layer plus a root unit (embeddings,
   norms, projector) around a module whose forward is one micro-batch's loss; parameters,
   gradients and AdamW states are sharded, gradients reduce-scattered (summed) after the
-  step's last micro-batch. bf16 on GPU adds a bf16-compute / fp32-reduce policy.
+  step's last micro-batch. bf16 (``precision``) on GPU adds a bf16-compute / fp32-reduce policy.
 * **deepspeed** is not wired in: it raises a ``ResRankError`` pointing to fsdp.
 * **files**: only rank 0 writes (loss log, checkpoints, final weights, ``DONE``); FSDP
   first gathers full weights and optimizer states to rank 0 (collectives on every rank).
@@ -101,6 +101,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from resrank import compute
 from resrank.config import ResRankConfig, StageConfig
 from resrank.errors import ResRankError
 from resrank.io import read_json, write_json
@@ -207,11 +208,9 @@ class _Runtime:
                 dist.destroy_process_group()
             self.owns_group = False
 
-    def autocast(self, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on GPU when configured; full precision otherwise (CPU bf16 is slow and lossy)."""
-        if bf16 and self.on_gpu:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def autocast(self, precision: str) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast where ``precision`` asks for it (see ``resrank.compute``)."""
+        return compute.autocast(precision, self.device)
 
     def barrier(self) -> None:
         """Synchronise processes (no-op in one process)."""
@@ -383,7 +382,7 @@ def _shard(model: nn.Module, cfg: ResRankConfig, runtime: _Runtime) -> nn.Module
     from transformers import PreTrainedModel
 
     policy = MixedPrecisionPolicy()
-    if cfg.train.bf16 and runtime.on_gpu:
+    if runtime.on_gpu and compute.uses_bf16(cfg.precision, runtime.device):
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     layer_classes: set[str] = set()
     embeddings: set[int] = set()  # the reranker reads its token embeddings outside the backbone's forward
@@ -653,7 +652,7 @@ def _optimizer_step(
     for position, index in enumerate(mine):
         chunk, unit = chunks[index], units[index]
         runtime.gradient_sync(position == len(mine) - 1)
-        with runtime.autocast(cfg.train.bf16), _micro_batch_rng(stage_seed, step, index, runtime.device):
+        with runtime.autocast(cfg.precision), _micro_batch_rng(stage_seed, step, index, runtime.device):
             rank, retrieval = runtime.micro_losses(model, chunk, cfg, phase, do_rank, do_retrieval)
         loss = torch.zeros((), device=runtime.device)
         if rank is not None:
