@@ -35,12 +35,22 @@ class Plan:
     train_datasets: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     stage_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
     train_unavailable: dict[str, str] = field(default_factory=dict)
+    ablation_datasets: tuple[str, ...] = ()
+    position_datasets: tuple[str, ...] = ()
+
+    def variants_on(self, dataset: str) -> list[str]:
+        """The trained variants reranking one dataset: all of them on the ablation datasets, else the main one."""
+        if dataset not in self.rerankable:
+            return []
+        if dataset in self.ablation_datasets:
+            return list(self.variants)
+        return [v for v in self.variants if v == MAIN_VARIANT]
 
     def systems(self, dataset: str) -> list[str]:
         """Every run the DAG produces for one evaluation dataset."""
         systems = ["bm25"]
         if dataset in self.rerankable:
-            systems += [*BASELINE_SYSTEMS, *self.variants]
+            systems += [*BASELINE_SYSTEMS, *self.variants_on(dataset)]
         if dataset in self.with_corpus:
             for pool in self.pools:
                 if pool == "bm25":
@@ -95,6 +105,10 @@ def make_plan(config: dict[str, Any]) -> Plan:
                 else:
                     train_unavailable[name] = reason
             train_datasets[variant][stage.name] = tuple(usable)
+    chosen = config["ablations"]["datasets"]
+    ablation_datasets = tuple(d for d in rerankable if chosen is None or d in chosen)
+    chosen = config["report"]["position_datasets"]
+    position_datasets = tuple(d for d in rerankable if chosen is None or d in chosen)
     return Plan(
         out=out,
         config_path=str(Path(out) / "config.yaml"),
@@ -107,6 +121,8 @@ def make_plan(config: dict[str, Any]) -> Plan:
         train_datasets=train_datasets,
         stage_order=stage_order,
         train_unavailable=train_unavailable,
+        ablation_datasets=ablation_datasets,
+        position_datasets=position_datasets,
     )
 
 

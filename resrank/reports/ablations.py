@@ -26,9 +26,10 @@ def _per_query(record: Any) -> dict[str, float]:
     return record.result.per_query[METRIC]
 
 
-def ablation_rows(out: Path, datasets: list[str], variants: list[str]) -> list[list[Any]]:
+def ablation_rows(out: Path, variants_on: dict[str, list[str]]) -> list[list[Any]]:
+    """One row per (dataset, variant run on it); ``variants_on`` maps dataset -> variants."""
     rows: list[list[Any]] = []
-    for dataset in datasets:
+    for dataset, variants in variants_on.items():
         base = read_metrics_json(out / "metrics" / dataset / f"{MAIN_VARIANT}.json")
         base_pq = _per_query(base)
         qids = sorted(base_pq)
@@ -70,8 +71,8 @@ def write_ablation_tables(config_path: str | Path, out_dir: Path) -> None:
     out = Path(plan.out)
     prov_path = out / "metrics.provenance.json"
     prov = read_json(prov_path) if prov_path.exists() else None
-    datasets = [d for d in plan.eval_available if d in plan.rerankable]
-    write_table(out_dir / "ablations", ABLATION_HEADER, ablation_rows(out, datasets, list(plan.variants)),
+    variants_on = {d: plan.variants_on(d) for d in plan.ablation_datasets}
+    write_table(out_dir / "ablations", ABLATION_HEADER, ablation_rows(out, variants_on),
                 caption="Ablations: nDCG@10 of each variant against full ResRank (BM25 candidates), "
                         "paired t-test over all judged queries, and per-query reranking cost",
                 notes=["Latency is wall time per query on this machine (batched queries: batch time / batch size).",

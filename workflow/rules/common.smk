@@ -128,8 +128,9 @@ def figure_files(*names):
 def position_files():
     return [
         f"{OUT}/position/{dataset}/{variant}.json"
-        for dataset in PLAN.rerankable
+        for dataset in PLAN.position_datasets
         for variant in POSITION_VARIANTS
+        if variant in PLAN.variants_on(dataset)
     ]
 
 
@@ -139,5 +140,11 @@ def report_outputs():
 
 def variant_outputs(variant):
     return [
-        f"{OUT}/metrics/{dataset}/{variant}.json" for dataset in PLAN.eval_available if dataset in PLAN.rerankable
+        f"{OUT}/metrics/{dataset}/{variant}.json"
+        for dataset in PLAN.eval_available
+        if variant in PLAN.variants_on(dataset)
     ] + [final_model(variant)]
+
+
+def rerank_stats_files():
+    return [f"{OUT}/stats/{d}/{v}.json" for d in PLAN.rerankable for v in PLAN.variants_on(d)]
