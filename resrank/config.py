@@ -73,6 +73,7 @@ class StageConfig:
     hard_negatives: int
     labels: Literal["qrels", "teacher"]
     checkpoint_every: int
+    train_encoder: bool | None = None
 
 
 @dataclass(frozen=True)

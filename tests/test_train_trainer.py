@@ -254,6 +254,34 @@ def test_frozen_encoder_stays_unchanged(tmp_path: Path) -> None:
     assert all(r["retrieval_loss"] is None for r in read_log(out))
 
 
+def test_stage_override_freezes_encoder_and_embeds_each_passage_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(stage={"steps": 4, "train_encoder": False})
+    assert cfg.train.train_encoder and cfg.train.stages[0].train_encoder is False
+    init = init_file(cfg, tmp_path)
+    embedded: list[str] = []
+    original = trainer.FrozenEmbeddings.__call__
+
+    def spy(self: Any, texts: list[str]) -> torch.Tensor:
+        embedded.extend(t for t in dict.fromkeys(texts) if t not in self.vectors)
+        return original(self, texts)
+
+    monkeypatch.setattr(trainer.FrozenEmbeddings, "__call__", spy)
+    lists = toy_lists()
+    out = train_stage(cfg, cfg.train.stages[0], {"toy": lists}, tmp_path / "s1", init_checkpoint=init)
+    assert not changed(weights(init), weights(out), "encoder.")
+    assert changed(weights(init), weights(out), "reranker.")
+    # 4 steps x 4 queries visit every list more than once, yet each text is embedded once
+    assert sorted(embedded) == sorted({t for tl in lists for t in tl.texts})
+
+    # the memo changes the cost, not the result: same losses as re-embedding every step
+    monkeypatch.setattr(trainer, "FrozenEmbeddings", lambda encoder: None)
+    again = train_stage(cfg, cfg.train.stages[0], {"toy": lists}, tmp_path / "nomemo", init_checkpoint=init)
+    for a, b in zip(read_log(out), read_log(again), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+
+
 def test_autoregressive_listmle_trains(tmp_path: Path) -> None:
     cfg = make_cfg(
         reranker="tiny-qwen3", stage={"steps": 8, "checkpoint_every": 10}, rank_loss="listmle", lambda_retrieval=0.0

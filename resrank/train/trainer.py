@@ -491,6 +491,8 @@ def _train_stage(
     init_checkpoint: Path | None,
 ) -> Path:
     pool = _stage_pool(stage, lists)
+    if stage.train_encoder is not None:  # a per-stage override of train.train_encoder
+        cfg = replace(cfg, train=replace(cfg.train, train_encoder=stage.train_encoder))
     phases = _phases(cfg, stage)
     total = sum(n for _, n in phases)
     micro_batches = stage.grad_accum * runtime.world_size
@@ -542,6 +544,7 @@ def _train_stage(
     logger = _LossLog(out_dir / LOG_FILE, keep_until=start_step, enabled=runtime.is_main)
     started = time.monotonic() - elapsed_before
     phase_name: str | None = None
+    frozen: FrozenEmbeddings | None = None
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
     params: list[nn.Parameter] = []
@@ -551,6 +554,7 @@ def _train_stage(
                 phase, phase_steps = _phase_at(phases, step)
                 if phase != phase_name:
                     params = _configure_phase(model, cfg, phase)
+                    frozen = None if _encoder_trains(cfg, phase) else FrozenEmbeddings(model.encoder)
                     optimizer, scheduler = _make_optimizer(model, params, stage, phase_steps)
                     if resume is not None and step == start_step + 1 and resume[1].get("phase") == phase:
                         _load_optimizer_state(resume[0], optimizer, scheduler, runtime)
@@ -559,7 +563,8 @@ def _train_stage(
                     _set_rng_state(_load_pickle(resume[0] / "rng_state.pt")["rng"])
                 assert optimizer is not None and scheduler is not None
                 batch = [pool[i] for i in _sample_indices(len(pool), stage.queries_per_step, stage_seed, step)]
-                record = _optimizer_step(model, batch, cfg, stage, phase, step, runtime, optimizer, scheduler, params)
+                record = _optimizer_step(model, batch, cfg, stage, phase, step, runtime, optimizer, scheduler, params,
+                                         frozen)
                 record["elapsed"] = round(time.monotonic() - started, 3)
                 logger.write(record)
                 bar.update(1)
@@ -626,6 +631,7 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     params: list[nn.Parameter],
+    frozen: FrozenEmbeddings | None = None,
 ) -> dict[str, Any]:
     """Accumulate this rank's micro-batches, reduce gradients over ranks, clip, step; return the log record.
 
@@ -653,7 +659,7 @@ def _optimizer_step(
         chunk, unit = chunks[index], units[index]
         runtime.gradient_sync(position == len(mine) - 1)
         with runtime.autocast(cfg.precision), _micro_batch_rng(stage_seed, step, index, runtime.device):
-            rank, retrieval = runtime.micro_losses(model, chunk, cfg, phase, do_rank, do_retrieval)
+            rank, retrieval = runtime.micro_losses(model, chunk, cfg, phase, do_rank, do_retrieval, frozen)
         loss = torch.zeros((), device=runtime.device)
         if rank is not None:
             w = unit / total_units if total_units else 0.0
@@ -713,17 +719,23 @@ def _micro_losses(
     phase: str,
     do_rank: bool,
     do_retrieval: bool,
+    frozen: FrozenEmbeddings | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Ranking and retrieval losses of one micro-batch, sharing one passage embedding pass."""
     encoder = model.encoder
-    encoder_grad = phase == "encoder" or (phase == "joint" and cfg.train.train_encoder)
+    encoder_grad = _encoder_trains(cfg, phase)
     queries = [tl.query.text for tl in chunk]
     rank = retrieval = None
     embeddings: list[Tensor] | None = None
     if do_rank:
         texts = [text for tl in chunk for text in tl.texts]
-        with contextlib.nullcontext() if encoder_grad else torch.no_grad():
+        if encoder_grad:
             flat = encoder(texts, "passage")
+        elif frozen is not None:
+            flat = frozen(texts)
+        else:
+            with torch.no_grad():
+                flat = encoder(texts, "passage")
         embeddings = list(flat.split([len(tl.passages) for tl in chunk]))
         if cfg.train.rank_loss == "listmle":
             orders = [order_from_labels(tl.labels) for tl in chunk]
@@ -763,6 +775,32 @@ def _micro_losses(
             exclude,
         )
     return rank, retrieval
+
+
+def _encoder_trains(cfg: ResRankConfig, phase: str) -> bool:
+    return phase == "encoder" or (phase == "joint" and cfg.train.train_encoder)
+
+
+class FrozenEmbeddings:
+    """Passage embeddings of a frozen encoder, each text embedded once per phase.
+
+    While the encoder is frozen (eval mode, no gradient) a passage's vector cannot change,
+    so re-embedding it every time a list comes round again is wasted work; on a CPU it is
+    most of a frozen-encoder step. Texts are embedded in the order they are first seen,
+    so the vectors (and training) stay deterministic for a given seed.
+    """
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+        self.vectors: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> Tensor:
+        new = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        if new:
+            for text, vector in zip(new, self.encoder(new, "passage").float(), strict=True):
+                self.vectors[text] = vector
+        return torch.stack([self.vectors[t] for t in texts])
 
 
 def _retrieval_rows(tl: TrainingList) -> list[int]:
@@ -829,7 +867,7 @@ def _phase_at(phases: list[tuple[str, int]], step: int) -> tuple[str, int]:
 def _configure_phase(model: nn.Module, cfg: ResRankConfig, phase: str) -> list[nn.Parameter]:
     """Set requires_grad / train-eval modes for a phase; return the parameters to optimise."""
     encoder_ids = {id(p) for p in model.encoder.parameters()}
-    train_encoder = phase == "encoder" or (phase == "joint" and cfg.train.train_encoder)
+    train_encoder = _encoder_trains(cfg, phase)
     train_rest = phase in ("joint", "reranker")
     model.train()
     if not train_encoder:
