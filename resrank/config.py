@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -73,6 +73,7 @@ class StageConfig:
     hard_negatives: int
     labels: Literal["qrels", "teacher"]
     checkpoint_every: int
+    upsample: dict[str, int] = field(default_factory=dict)
     train_encoder: bool | None = None
 
 
@@ -187,6 +188,13 @@ def resolve(data: dict[str, Any], variant: str = "resrank", source: str = "confi
                               "datasets": tuple(train["stages"][name]["datasets"])})
         for name in train["stage_order"]
     )
+    for stage in stages:
+        stray = sorted(set(stage.upsample) - set(stage.datasets))
+        if stray:
+            raise ResRankError(
+                f"{source} (variant '{variant}'): config key 'train.stages.{stage.name}.upsample' names "
+                f"{', '.join(stray)}, not among the stage's datasets ({', '.join(stage.datasets)})"
+            )
     return ResRankConfig(
         profile=resolved["profile"],
         seed=resolved["seed"],

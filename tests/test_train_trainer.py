@@ -282,6 +282,16 @@ def test_stage_override_freezes_encoder_and_embeds_each_passage_once(
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
 
 
+def test_upsample_repeats_a_datasets_lists_in_each_epoch() -> None:
+    cfg = make_cfg(stage={"datasets": ["toy", "big"], "upsample": {"toy": 3}})
+    toy, big = toy_lists()[:1], toy_lists()
+    pool = trainer._stage_pool(cfg.train.stages[0], {"toy": toy, "big": big})
+    assert [tl.query.qid for tl in pool].count(toy[0].query.qid) == 3 + 1  # 3 from "toy", 1 from "big"
+    assert len(pool) == 3 + len(big)
+    with pytest.raises(ResRankError, match="upsample' names other"):
+        make_cfg(stage={"upsample": {"other": 2}})
+
+
 def test_autoregressive_listmle_trains(tmp_path: Path) -> None:
     cfg = make_cfg(
         reranker="tiny-qwen3", stage={"steps": 8, "checkpoint_every": 10}, rank_loss="listmle", lambda_retrieval=0.0

@@ -919,7 +919,7 @@ def _stage_pool(
                 f"stage {stage.name}: no training lists for dataset(s) {', '.join(missing)} "
                 f"(have: {', '.join(sorted(lists)) or 'none'})"
             )
-        raw = [tl for d in stage.datasets for tl in lists[d]]
+        raw = [tl for d in stage.datasets for _ in range(stage.upsample.get(d, 1)) for tl in lists[d]]
     else:
         raw = list(lists)
     pool = [_fit_list(tl, stage.list_size, stage.hard_negatives) for tl in raw]
