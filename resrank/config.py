@@ -12,7 +12,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,6 +212,33 @@ def resolve(data: dict[str, Any], variant: str = "resrank", source: str = "confi
         ),
         raw=resolved,
     )
+
+
+def stage_recipe(cfg: ResRankConfig, stage_name: str) -> dict[str, Any]:
+    """What one stage's trained weights depend on besides its training lists: the DAG gives
+    variants with equal recipes one shared stage (e.g. a frozen-encoder stage 1 is the same
+    for joint, separate and no-retrieval-loss training, since none of those settings acts
+    while the encoder is frozen). Runtime-only keys (distribution, checkpointing) are left out."""
+    names = [s.name for s in cfg.train.stages]
+    if stage_name not in names:
+        raise ResRankError(f"variant '{cfg.variant}' has no stage '{stage_name}' (stages: {', '.join(names)})")
+    position = names.index(stage_name)
+    stage = cfg.train.stages[position]
+    encoder_trains = cfg.train.train_encoder if stage.train_encoder is None else stage.train_encoder
+    train: dict[str, Any] = {"rank_loss": cfg.train.rank_loss, "tau_rank": cfg.train.tau_rank,
+                             "encoder_trains": encoder_trains}
+    if encoder_trains:
+        train |= {"mode": cfg.train.mode, "lambda_retrieval": cfg.train.lambda_retrieval,
+                  "tau_retrieval": cfg.train.tau_retrieval}
+    return {
+        "seed": cfg.seed,
+        "precision": cfg.precision,
+        "encoder": asdict(cfg.encoder),
+        "reranker": asdict(cfg.reranker),
+        "train": train,
+        "stage": asdict(replace(stage, train_encoder=encoder_trains)),
+        "init": stage_recipe(cfg, names[position - 1]) if position else None,
+    }
 
 
 def load_config(path: str | Path, variant: str = "resrank") -> ResRankConfig:

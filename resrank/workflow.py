@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from resrank.config import resolve, validate
+from resrank.config import resolve, stage_recipe, validate
 from resrank.data.registry import DatasetSpec, get_spec, is_available, resolve_paths
 
 BASELINE_SYSTEMS = ("encoder-untrained", "encoder-only")
@@ -35,6 +35,8 @@ class Plan:
     train_datasets: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     stage_order: dict[str, tuple[str, ...]] = field(default_factory=dict)
     train_unavailable: dict[str, str] = field(default_factory=dict)
+    stage_owner: dict[str, dict[str, str]] = field(default_factory=dict)
+    stage_recipe: dict[str, dict[str, str]] = field(default_factory=dict)
     ablation_datasets: tuple[str, ...] = ()
     position_datasets: tuple[str, ...] = ()
 
@@ -92,11 +94,19 @@ def make_plan(config: dict[str, Any]) -> Plan:
     train_datasets: dict[str, dict[str, tuple[str, ...]]] = {}
     stage_order: dict[str, tuple[str, ...]] = {}
     train_unavailable: dict[str, str] = {}
+    stage_owner: dict[str, dict[str, str]] = {}
+    recipes: dict[str, dict[str, str]] = {}
+    owners: dict[str, str] = {}  # recipe -> first variant (in config order) with it
     for variant in variants:
         resolved = resolve(config, variant)
         stage_order[variant] = tuple(s.name for s in resolved.train.stages)
         train_datasets[variant] = {}
+        stage_owner[variant] = {}
+        recipes[variant] = {}
         for stage in resolved.train.stages:
+            recipe = json.dumps(stage_recipe(resolved, stage.name), sort_keys=True, default=str)
+            recipes[variant][stage.name] = recipe
+            stage_owner[variant][stage.name] = owners.setdefault(f"{stage.name}|{recipe}", variant)
             usable = []
             for name in stage.datasets:
                 ok, reason = reachable(name)
@@ -121,6 +131,8 @@ def make_plan(config: dict[str, Any]) -> Plan:
         train_datasets=train_datasets,
         stage_order=stage_order,
         train_unavailable=train_unavailable,
+        stage_owner=stage_owner,
+        stage_recipe=recipes,
         ablation_datasets=ablation_datasets,
         position_datasets=position_datasets,
     )

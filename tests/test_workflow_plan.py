@@ -32,3 +32,30 @@ def test_ablation_datasets_restrict_the_ablation_variants_only() -> None:
 def test_unknown_or_unrerankable_datasets_get_no_variants() -> None:
     plan = make_plan(_config())
     assert plan.variants_on("dl19") == []
+
+
+def _sharing_config(stage1_encoder: bool | None) -> dict[str, Any]:
+    stage = {"datasets": ["embedded-train"], "steps": 2}
+    stages = {"stage1": {**stage, "train_encoder": stage1_encoder}, "stage2": stage}
+    variants = {
+        "resrank": {},
+        "separate-training": {"train": {"mode": "separate"}},
+        "no-retrieval-loss": {"train": {"lambda_retrieval": 0.0}},
+        "no-residual": {"reranker": {"residual": False}},
+        "single-stage": {"train": {"stage_order": ["stage2"]}},
+    }
+    return {"profile": "plan-test", "datasets": {"eval": ["embedded"]},
+            "train": {"stage_order": ["stage1", "stage2"], "stages": stages}, "variants": variants}
+
+
+def test_a_frozen_encoder_stage_is_shared_by_variants_that_differ_only_in_encoder_training() -> None:
+    owner = make_plan(_sharing_config(stage1_encoder=False)).stage_owner
+    assert owner["separate-training"]["stage1"] == owner["no-retrieval-loss"]["stage1"] == "resrank"
+    assert owner["no-residual"]["stage1"] == "no-residual"  # another model: its own stage
+    # stage 2 trains the encoder, where joint/separate/lambda matter: nobody shares it
+    assert {v: o["stage2"] for v, o in owner.items()} == {v: v for v in owner}
+
+
+def test_stages_that_train_the_encoder_are_not_shared() -> None:
+    owner = make_plan(_sharing_config(stage1_encoder=None)).stage_owner
+    assert all(o[s] == v for v, o in owner.items() for s in o)

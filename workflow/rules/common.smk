@@ -41,10 +41,21 @@ def section(*keys):
 
 
 def variant_params(variant):
-    """Everything that defines one variant's training, so editing it re-runs only that variant."""
-    keys = ("seed", "encoder", "reranker", "train")
+    """Everything that defines one variant, so editing it re-runs only that variant's reranking."""
+    keys = ("seed", "precision", "encoder", "reranker", "train")
     base = {k: config.get(k) for k in keys}
     return json.dumps({"base": base, "override": config["variants"].get(variant, {})}, sort_keys=True)
+
+
+def stage_params(variant, stage):
+    """Everything one stage's weights depend on (resrank.config.stage_recipe), so editing a
+    variant re-runs only the stages it changes."""
+    return PLAN.stage_recipe[variant][stage]
+
+
+def stage_dir(variant, stage):
+    """A stage's folder: that of the first variant with the same recipe (shared stages train once)."""
+    return f"{OUT}/models/{PLAN.stage_owner[variant][stage]}/{stage}"
 
 
 # ----------------------------------------------------------------- DAG helpers
@@ -52,6 +63,9 @@ def stage_inputs(w):
     order = PLAN.stage_order[w.variant]
     if w.stage not in order:
         raise ValueError(f"variant '{w.variant}' has no stage '{w.stage}' (stages: {', '.join(order)})")
+    owner = PLAN.stage_owner[w.variant][w.stage]
+    if owner != w.variant:
+        raise ValueError(f"stage '{w.stage}' of variant '{w.variant}' is shared: it is trained as {owner}'s")
     datasets = PLAN.train_datasets[w.variant][w.stage]
     inputs = {
         "data": [f"{OUT}/data/{d}/manifest.json" for d in datasets],
@@ -59,7 +73,7 @@ def stage_inputs(w):
     }
     position = order.index(w.stage)
     if position > 0:
-        inputs["init"] = f"{OUT}/models/{w.variant}/{order[position - 1]}/DONE"
+        inputs["init"] = f"{stage_dir(w.variant, order[position - 1])}/DONE"
     return inputs
 
 
@@ -68,7 +82,7 @@ def init_flag(w, input):
 
 
 def final_model(variant):
-    return f"{OUT}/models/{variant}/{PLAN.stage_order[variant][-1]}/DONE"
+    return f"{stage_dir(variant, PLAN.stage_order[variant][-1])}/DONE"
 
 
 VARIANTS_RE = "|".join(re.escape(v) for v in PLAN.variants)

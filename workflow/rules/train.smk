@@ -1,5 +1,6 @@
 # Stage-1 and stage-2 training per variant. Each stage is one job; stage 2 starts from
-# stage 1's final checkpoint. A killed job re-run by Snakemake resumes from the stage's
+# stage 1's final checkpoint. Variants whose stage has the same recipe (resrank.config.stage_recipe)
+# share one job and folder, under the first such variant's name. A killed job re-run by Snakemake resumes from the stage's
 # last checkpoint (the trainer finds it in the stage folder); only DONE marks completion.
 
 
@@ -11,7 +12,7 @@ rule train_stage:
     output:
         f"{OUT}/models/{{variant}}/{{stage}}/DONE",
     params:
-        variant=lambda w: variant_params(w.variant),
+        recipe=lambda w: stage_params(w.variant, w.stage),
         datasets=lambda w: ",".join(PLAN.train_datasets[w.variant][w.stage]),
         init=init_flag,
     threads: lambda w: model_threads("train_stage")
