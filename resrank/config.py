@@ -188,13 +188,7 @@ def resolve(data: dict[str, Any], variant: str = "resrank", source: str = "confi
                               "datasets": tuple(train["stages"][name]["datasets"])})
         for name in train["stage_order"]
     )
-    for stage in stages:
-        stray = sorted(set(stage.upsample) - set(stage.datasets))
-        if stray:
-            raise ResRankError(
-                f"{source} (variant '{variant}'): config key 'train.stages.{stage.name}.upsample' names "
-                f"{', '.join(stray)}, not among the stage's datasets ({', '.join(stage.datasets)})"
-            )
+
     return ResRankConfig(
         profile=resolved["profile"],
         seed=resolved["seed"],

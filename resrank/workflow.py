@@ -104,6 +104,8 @@ def make_plan(config: dict[str, Any]) -> Plan:
         stage_owner[variant] = {}
         recipes[variant] = {}
         for stage in resolved.train.stages:
+            for name in stage.upsample:
+                get_spec(name, extra)  # a misspelt dataset name fails here, listing the known ones
             recipe = json.dumps(stage_recipe(resolved, stage.name), sort_keys=True, default=str)
             recipes[variant][stage.name] = recipe
             stage_owner[variant][stage.name] = owners.setdefault(f"{stage.name}|{recipe}", variant)

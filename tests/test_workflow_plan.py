@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from resrank.errors import ResRankError
 from resrank.workflow import BASELINE_SYSTEMS, make_plan
 
 VARIANTS = {"resrank": {}, "no-residual": {"reranker": {"residual": False}}, "autoregressive": {}}
@@ -59,3 +62,10 @@ def test_a_frozen_encoder_stage_is_shared_by_variants_that_differ_only_in_encode
 def test_stages_that_train_the_encoder_are_not_shared() -> None:
     owner = make_plan(_sharing_config(stage1_encoder=None)).stage_owner
     assert all(o[s] == v for v, o in owner.items() for s in o)
+
+
+def test_a_misspelt_upsample_dataset_is_an_error_naming_it() -> None:
+    config = _sharing_config(stage1_encoder=False)
+    config["train"]["stages"]["stage1"]["upsample"] = {"dl-21": 5}
+    with pytest.raises(ResRankError, match="unknown dataset 'dl-21'"):
+        make_plan(config)
