@@ -75,7 +75,9 @@ def write_ablation_tables(config_path: str | Path, out_dir: Path) -> None:
     write_table(out_dir / "ablations", ABLATION_HEADER, ablation_rows(out, variants_on),
                 caption="Ablations: nDCG@10 of each variant against full ResRank (BM25 candidates), "
                         "paired t-test over all judged queries, and per-query reranking cost",
-                notes=["Latency is wall time per query on this machine (batched queries: batch time / batch size).",
+                notes=[f"Datasets the ablation variants ran on (ablations.datasets): "
+                       f"{', '.join(plan.ablation_datasets) or 'none'}.",
+                       "Latency is wall time per query on this machine (batched queries: batch time / batch size).",
                        "Forward passes, processed and generated tokens are medians over queries."],
                 prov=prov)
     pools = [p for p in plan.pools]
