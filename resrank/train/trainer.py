@@ -13,8 +13,10 @@ Semantics
   embedded once per micro-batch by the encoder *with* gradient and the same embeddings
   feed the reranker (ranking loss) and InfoNCE (positive + hard negatives), so ranking
   gradients flow through the reranker into the encoder. ``lambda == 0`` skips the
-  retrieval term entirely (logged as null). ``train_encoder: false`` freezes the encoder
-  (no grad, eval mode) and then also skips the retrieval term, which could only move it.
+  retrieval term entirely (logged as null). ``train_encoder: false`` (for all stages, or
+  one stage's ``train_encoder``) freezes the encoder (no grad, eval mode) and then also
+  skips the retrieval term, which could only move it; each passage is then embedded once
+  per phase (``FrozenEmbeddings``).
 * **separate** (the "separate training" ablation): *within each stage* two phases, each
   with its own AdamW and schedule and each running the stage's full ``steps`` (so every
   model gets as many updates as in joint training): phase ``encoder`` trains the encoder
