@@ -18,7 +18,7 @@ $(BIN)/resrank: pyproject.toml
 venv: $(BIN)/resrank
 
 reproduce: venv
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --configfile $(PROFILE) all
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake all --cores $(CORES) --configfile $(PROFILE)
 
 test: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/ruff check .
