@@ -9,7 +9,6 @@ wall time, which the efficiency tables read.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -17,7 +16,6 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,9 @@ from resrank import compute
 from resrank.config import ResRankConfig
 from resrank.data.prepared import read_prepared
 from resrank.data.types import Dataset, Run
+from resrank.embedding_cache import EmbeddingCache, text_hash
 from resrank.errors import ResRankError
-from resrank.io import atomic_write, read_trec_run, sha256_file, write_json, write_trec_run
+from resrank.io import read_trec_run, sha256_file, write_json, write_trec_run
 
 log = logging.getLogger(__name__)
 
@@ -71,70 +70,6 @@ def _weights(checkpoint: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------ embeddings
-def text_hash(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-class EmbeddingCache:
-    """Passage vectors of one checkpoint on disk: ``<root>/<key>/{vectors.safetensors,index.json}``.
-
-    Guarded by a file lock so parallel jobs of the same checkpoint can share it.
-    """
-
-    def __init__(self, root: Path, key: str) -> None:
-        self.dir = root / key
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def _load(self) -> tuple[list[str], torch.Tensor | None]:
-        index_path, vec_path = self.dir / "index.json", self.dir / "vectors.safetensors"
-        if not (index_path.exists() and vec_path.exists()):
-            return [], None
-        from safetensors.torch import load_file
-
-        hashes = json.loads(index_path.read_text(encoding="utf-8"))
-        vectors = load_file(str(vec_path))["vectors"]
-        if len(hashes) != vectors.shape[0]:
-            raise ResRankError(f"{self.dir}: embedding cache index and vectors disagree; delete the folder")
-        return hashes, vectors
-
-    def get_or_encode(self, texts: list[str], encode: Any) -> torch.Tensor:
-        """Vectors for ``texts`` (in order), encoding only those not cached yet."""
-        from safetensors.torch import save_file
-
-        with self._locked():
-            hashes, vectors = self._load()
-            known = {h: i for i, h in enumerate(hashes)}
-            wanted = [text_hash(t) for t in texts]
-            missing: dict[str, str] = {}
-            for h, t in zip(wanted, texts, strict=True):
-                if h not in known and h not in missing:
-                    missing[h] = t
-            if missing:
-                log.info("encoding %d new passages (%d cached)", len(missing), len(texts) - len(missing))
-                new = encode(list(missing.values())).to(torch.float32)
-                vectors = new if vectors is None else torch.cat([vectors, new])
-                hashes = hashes + list(missing)
-                known = {h: i for i, h in enumerate(hashes)}
-                tmp = self.dir / "vectors.safetensors.tmp"
-                save_file({"vectors": vectors.contiguous()}, str(tmp))
-                tmp.replace(self.dir / "vectors.safetensors")
-                with atomic_write(self.dir / "index.json") as handle:
-                    json.dump(hashes, handle)
-            assert vectors is not None or not texts
-            if not texts:
-                return torch.empty(0, 0)
-            return vectors[torch.tensor([known[h] for h in wanted])]
-
-
 def passages_of(dataset: Dataset, run: Run, depth: int | None) -> dict[str, str]:
     """docid -> text of every passage to embed.
 

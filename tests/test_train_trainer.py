@@ -15,6 +15,7 @@ import resrank.train.trainer as trainer
 from resrank.config import ResRankConfig, resolve
 from resrank.data.types import Passage, Query
 from resrank.errors import ResRankError
+from resrank.model.encoder import Encoder
 from resrank.train.lists import TrainingList
 from resrank.train.trainer import build_model, stage_fingerprint, train, train_stage
 
@@ -276,10 +277,33 @@ def test_stage_override_freezes_encoder_and_embeds_each_passage_once(
     assert sorted(embedded) == sorted({t for tl in lists for t in tl.texts})
 
     # the memo changes the cost, not the result: same losses as re-embedding every step
-    monkeypatch.setattr(trainer, "FrozenEmbeddings", lambda encoder: None)
+    monkeypatch.setattr(trainer, "FrozenEmbeddings", lambda *args: None)
     again = train_stage(cfg, cfg.train.stages[0], {"toy": lists}, tmp_path / "nomemo", init_checkpoint=init)
     for a, b in zip(read_log(out), read_log(again), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+
+
+def test_frozen_stages_share_the_initial_encoders_embeddings_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = make_cfg(stage={"steps": 3, "train_encoder": False})
+    other = make_cfg(stage={"steps": 3, "train_encoder": False}, mode="separate")  # same frozen stage 1
+    init = init_file(cfg, tmp_path)
+    encoded: list[int] = []
+    original = Encoder.encode
+
+    def spy(self: Any, texts: list[str], kind: str, batch_size: int | None = None) -> torch.Tensor:
+        encoded.append(len(texts))
+        return original(self, texts, kind, batch_size)
+
+    monkeypatch.setattr(Encoder, "encode", spy)
+    lists, cache = toy_lists(), tmp_path / "cache"
+    first = train_stage(cfg, cfg.train.stages[0], {"toy": lists}, tmp_path / "a", init, embedding_cache=cache)
+    second = train_stage(other, other.train.stages[0], {"toy": lists}, tmp_path / "b", init, embedding_cache=cache)
+    assert encoded == [len({t for tl in lists for t in tl.texts})]  # the second stage read them from disk
+    assert [r["loss"] for r in read_log(first)] == [r["loss"] for r in read_log(second)]
+    assert weights(first).keys() == weights(second).keys()
+    assert all(torch.equal(weights(first)[k], weights(second)[k]) for k in weights(first))
 
 
 def test_upsample_repeats_a_datasets_lists_in_each_epoch() -> None:

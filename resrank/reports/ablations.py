@@ -44,10 +44,16 @@ def ablation_rows(out: Path, variants_on: dict[str, list[str]]) -> list[list[Any
                 dataset, variant, value, None if variant == MAIN_VARIANT else delta,
                 None if variant == MAIN_VARIANT else p,
                 "" if variant == MAIN_VARIANT else ("yes" if p < 0.05 else "no"),
-                stats["median_forward_passes"], stats["median_processed_tokens"], stats["median_generated_tokens"],
+                *(_count(stats[k]) for k in ("median_forward_passes", "median_processed_tokens",
+                                              "median_generated_tokens")),
                 round(1000 * stats["median_latency_s"], 2),
             ])
     return rows
+
+
+def _count(value: float) -> float | int:
+    """A median of counts: an integer unless it falls between two (even number of queries)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def pool_rows(out: Path, datasets: list[str], pools: list[str]) -> list[list[Any]]:

@@ -48,4 +48,5 @@ def train_from_prepared(cfg: ResRankConfig, stage_name: str, datasets: list[str]
     stage = stage_by_name(cfg, stage_name)
     datasets = datasets or list(stage.datasets)
     lists = load_training_lists(cfg, stage_name, datasets, data_dir, runs_dir)
-    return train_stage(cfg, replace(stage, datasets=tuple(datasets)), lists, out, init)
+    cache = Path(cfg.results_dir) / cfg.profile / "cache" / "frozen-embeddings"
+    return train_stage(cfg, replace(stage, datasets=tuple(datasets)), lists, out, init, embedding_cache=cache)

@@ -105,8 +105,9 @@ from torch import Tensor, nn
 
 from resrank import compute
 from resrank.config import ResRankConfig, StageConfig
+from resrank.embedding_cache import EmbeddingCache
 from resrank.errors import ResRankError
-from resrank.io import read_json, write_json
+from resrank.io import read_json, sha256_file, write_json
 from resrank.train.lists import TrainingList
 from resrank.train.losses import info_nce, listmle, order_from_labels, ranknet, ranknet_pair_count
 
@@ -472,16 +473,19 @@ def train_stage(
     lists: Mapping[str, Sequence[TrainingList]] | Sequence[TrainingList],
     out_dir: Path,
     init_checkpoint: Path | None = None,
+    embedding_cache: Path | None = None,
 ) -> Path:
     """Train one stage into ``out_dir`` (resuming a matching checkpoint there); returns ``out_dir``.
 
     ``lists`` maps dataset names to training lists (the stage uses ``stage.datasets``) or
     is the stage's lists directly. ``init_checkpoint`` (a trained stage folder or a
     ``model.safetensors`` file) initialises the model, e.g. stage 2 from stage 1.
+    ``embedding_cache`` (a folder) lets stages that freeze their initial encoder share
+    its training-passage embeddings on disk (see ``FrozenEmbeddings``).
     Under torchrun every rank calls this with the same arguments.
     """
     with _session(cfg) as runtime:
-        return _train_stage(runtime, cfg, stage, lists, Path(out_dir), init_checkpoint)
+        return _train_stage(runtime, cfg, stage, lists, Path(out_dir), init_checkpoint, embedding_cache)
 
 
 def _train_stage(
@@ -491,6 +495,7 @@ def _train_stage(
     lists: Mapping[str, Sequence[TrainingList]] | Sequence[TrainingList],
     out_dir: Path,
     init_checkpoint: Path | None,
+    embedding_cache: Path | None = None,
 ) -> Path:
     pool = _stage_pool(stage, lists)
     if stage.train_encoder is not None:  # a per-stage override of train.train_encoder
@@ -556,7 +561,13 @@ def _train_stage(
                 phase, phase_steps = _phase_at(phases, step)
                 if phase != phase_name:
                     params = _configure_phase(model, cfg, phase)
-                    frozen = None if _encoder_trains(cfg, phase) else FrozenEmbeddings(model.encoder)
+                    frozen = None
+                    if not _encoder_trains(cfg, phase):
+                        # an encoder phase earlier in this stage changed the weights: no shared store
+                        initial = phases[0][0] == phase and runtime.strategy != "fsdp"
+                        store = _frozen_store(cfg, init_checkpoint, pool, embedding_cache) if initial else None
+                        with runtime.autocast(cfg.precision):
+                            frozen = FrozenEmbeddings(model.encoder, store, [t for tl in pool for t in tl.texts])
                     optimizer, scheduler = _make_optimizer(model, params, stage, phase_steps)
                     if resume is not None and step == start_step + 1 and resume[1].get("phase") == phase:
                         _load_optimizer_state(resume[0], optimizer, scheduler, runtime)
@@ -788,13 +799,20 @@ class FrozenEmbeddings:
 
     While the encoder is frozen (eval mode, no gradient) a passage's vector cannot change,
     so re-embedding it every time a list comes round again is wasted work; on a CPU it is
-    most of a frozen-encoder step. Texts are embedded in the order they are first seen,
-    so the vectors (and training) stay deterministic for a given seed.
+    most of a frozen-encoder step. Without a ``store`` texts are embedded lazily, in the
+    order they are first seen (deterministic for a seed). With one (an on-disk cache keyed
+    by the encoder weights and the set of ``texts``), all of ``texts`` are embedded up front
+    in one canonical order, so every variant that freezes the same encoder over the same
+    training pool reads identical vectors, and only the first one computes them.
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, store: EmbeddingCache | None = None, texts: Sequence[str] = ()) -> None:
         self.encoder = encoder
         self.vectors: dict[str, Tensor] = {}
+        if store is not None and texts:
+            unique = sorted(set(texts))
+            vectors = store.get_or_encode(unique, lambda batch: encoder.encode(batch, "passage"))
+            self.vectors = dict(zip(unique, vectors, strict=True))
 
     @torch.no_grad()
     def __call__(self, texts: list[str]) -> Tensor:
@@ -802,7 +820,18 @@ class FrozenEmbeddings:
         if new:
             for text, vector in zip(new, self.encoder(new, "passage").float(), strict=True):
                 self.vectors[text] = vector
-        return torch.stack([self.vectors[t] for t in texts])
+        return torch.stack([self.vectors[t] for t in texts]).to(self.encoder.device)
+
+
+def _frozen_store(cfg: ResRankConfig, init_checkpoint: Path | None, pool: Sequence[TrainingList],
+                  root: Path | None) -> EmbeddingCache | None:
+    """The shared store of the initial encoder's embeddings of this pool (None without a root)."""
+    if root is None:
+        return None
+    weights = "untrained" if init_checkpoint is None else sha256_file(_weights_path(init_checkpoint))
+    texts = hashlib.sha256("\n".join(sorted({t for tl in pool for t in tl.texts})).encode()).hexdigest()
+    key = f"{weights}|{cfg.encoder}|{compute.describe(cfg.precision, compute.default_device())}|{texts}"
+    return EmbeddingCache(root, hashlib.sha256(key.encode()).hexdigest()[:32])
 
 
 def _retrieval_rows(tl: TrainingList) -> list[int]:
