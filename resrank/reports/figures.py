@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from resrank.errors import ResRankError
@@ -97,19 +98,27 @@ def loss_curves(models_dir: Path, stem: Path) -> list[Path]:
 
 
 def efficiency_scaling(efficiency_csv: Path, stem: Path) -> list[Path]:
+    """Log-log latency and processed tokens against n; the legend carries each method's
+    least-squares growth exponent (slope of log latency on log n)."""
     frame = pd.read_csv(efficiency_csv)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for method, sub in frame.groupby("method"):
         sub = sub.sort_values("n_candidates")
-        ax1.plot(sub.n_candidates, sub.median_latency_s * 1000, marker="o", label=method)
+        slope = np.polyfit(np.log(sub.n_candidates), np.log(sub.median_latency_s), 1)[0] if len(sub) > 1 else None
+        label = f"{method} (slope {slope:.2f})" if slope is not None else method
+        ax1.plot(sub.n_candidates, sub.median_latency_s * 1000, marker="o", label=label)
         ax2.plot(sub.n_candidates, sub.processed_tokens, marker="o", label=method)
-    ax1.set_xlabel("candidates per query")
+    ns = sorted(frame.n_candidates.unique())
+    for ax in (ax1, ax2):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.minorticks_off()
+        ax.set_xlabel("candidates per query, n (log scale)")
+        ax.grid(True, alpha=0.3)
     ax1.set_ylabel("median latency (ms/query)")
-    ax1.set_yscale("log")
     ax1.set_title("reranking latency")
-    ax2.set_xlabel("candidates per query")
     ax2.set_ylabel("processed tokens per query")
-    ax2.set_yscale("log")
     ax2.set_title("tokens processed by the reranker")
     ax1.legend(fontsize=7)
     return _save(fig, stem)
