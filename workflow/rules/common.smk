@@ -2,6 +2,8 @@
 import json
 import re
 
+from snakemake.exceptions import WorkflowError
+
 from resrank.workflow import make_plan, write_if_changed
 
 PLAN = make_plan(config)
@@ -25,11 +27,20 @@ def res(rule_name, key, default):
     return config.get("resources", {}).get(rule_name, {}).get(key, default)
 
 
+CLUSTER_MODEL_THREADS = 2
+"""CPUs per model job where jobs do not share --cores (cluster executors such as Slurm)."""
+
+
 def model_threads(rule_name):
     """Model jobs claim all of --cores by default: on a small machine they then run one at a
-    time with every core, instead of several oversubscribing the CPU. Override per rule with
-    `resources: {rule: {threads: N}}`."""
-    return res(rule_name, "threads", max(1, workflow.cores or 1))
+    time with every core, instead of several oversubscribing the CPU. Cluster executors
+    have no --cores (each job gets its own allocation): CLUSTER_MODEL_THREADS there.
+    Override per rule with `resources: {rule: {threads: N}}`."""
+    try:
+        cores = workflow.cores
+    except WorkflowError:  # no --cores: a cluster executor
+        cores = CLUSTER_MODEL_THREADS
+    return res(rule_name, "threads", max(1, cores or 1))
 
 
 def section(*keys):
