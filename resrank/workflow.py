@@ -75,6 +75,8 @@ def make_plan(config: dict[str, Any]) -> Plan:
     root = config.get("data_root")
     extra = config["datasets"]["definitions"]
     strict = not config["datasets"]["skip_unavailable"]
+    for name in extra:
+        get_spec(name, extra)  # a bad key in datasets.definitions fails here, before any job runs
 
     def reachable(name: str) -> tuple[bool, str]:
         return (True, "") if strict else is_available(name, root, extra)

@@ -25,6 +25,28 @@ def test_every_profile_and_variant_resolves(profile: str) -> None:
         assert len(cfg.fingerprint()) == 64
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_dataset_definition_is_a_valid_spec(profile: str) -> None:
+    from resrank.data.registry import get_spec
+
+    definitions = (yaml.safe_load((REPO / profile).read_text()).get("datasets") or {}).get("definitions") or {}
+    for name in definitions:
+        spec = get_spec(name, definitions)
+        assert spec.name == name
+
+
+def test_plan_rejects_a_bad_dataset_definition_before_any_job() -> None:
+    from resrank.workflow import make_plan
+
+    data = yaml.safe_load((REPO / "config/smoke.yaml").read_text())
+    data.setdefault("datasets", {})["definitions"] = {
+        "my-lists": {"source": "retrieve_results", "path": "x.json", "purpose": "train",
+                     "first_stage": "candidates", "labels": "teacher"}
+    }
+    with pytest.raises(ResRankError, match=r"datasets\.definitions\.my-lists.*unknown key\(s\) labels"):
+        make_plan(data)
+
+
 def test_schema_fills_defaults() -> None:
     cfg = resolve({"profile": "x", "train": {"stages": {"stage1": {"datasets": ["embedded-train"]},
                                                         "stage2": {"datasets": ["embedded-train"]}}}})

@@ -128,16 +128,40 @@ def test_teacher_jsonl_labels_follow_teacher_order(tmp_path: Path) -> None:
     lists = read_teacher_lists(path, list_size=3, hard_negatives=1, qrels={"j1": {"y": 1}})
     first, second = lists
     assert first.query.qid == "7"
-    assert [p.docid for p in first.passages] == ["b", "a", "c"]  # truncated to list_size
-    assert first.labels == [3.0, 2.0, 1.0]
-    assert first.positives == [0]  # unjudged query: the teacher's top-1
-    assert first.hard_negatives == [1]  # highest first-stage score among the rest
-    assert second.positives == [1]  # judged: qrels decide
-    assert second.labels == [2.0, 1.0]
+    label_of = {p.docid: label for p, label in zip(first.passages, first.labels, strict=True)}
+    assert label_of == {"b": 3.0, "a": 2.0, "c": 1.0}  # the teacher's top 3 (list_size), labelled n - rank
+    docid = [p.docid for p in first.passages]
+    assert [docid[i] for i in first.positives] == ["b"]  # unjudged query: the teacher's top-1
+    assert [docid[i] for i in first.hard_negatives] == ["a"]  # highest first-stage score among the rest
+    second_docids = [p.docid for p in second.passages]
+    assert [second_docids[i] for i in second.positives] == ["y"]  # judged: qrels decide
+    assert sorted(second.labels) == [1.0, 2.0]
+    assert dict(zip(second_docids, second.labels, strict=True)) == {"x": 2.0, "y": 1.0}
 
     ds = Dataset("t", [], {"j1": {"y": 1}})
     via_build = build_lists(ds, None, 3, 1, labels="teacher", teacher_path=path)
     assert [tl.to_dict() for tl in via_build] == [tl.to_dict() for tl in lists]
+
+
+def test_teacher_lists_hide_the_teacher_order_from_slot_positions(tmp_path: Path) -> None:
+    """Shown in teacher order, the label would be readable off the slot index (a position shortcut)."""
+    path = tmp_path / "teacher.jsonl"
+    rows = [
+        {"qid": f"q{k}", "query": f"query {k}",
+         "hits": [{"docid": f"d{i}", "content": f"passage {i}", "score": 10.0 - i} for i in range(6)]}
+        for k in range(40)
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    lists = read_teacher_lists(path, list_size=6, hard_negatives=2, seed=5)
+    top_slots = {tl.labels.index(6.0) for tl in lists}
+    assert len(top_slots) >= 4  # the teacher's best passage lands in many different slots
+    assert sum(tl.labels == [6.0, 5.0, 4.0, 3.0, 2.0, 1.0] for tl in lists) <= 1
+    for tl in lists:  # each list is a relabelled permutation of the teacher's list
+        assert sorted((p.docid, lab) for p, lab in zip(tl.passages, tl.labels, strict=True)) == [
+            (f"d{i}", 6.0 - i) for i in range(6)
+        ]
+    again = read_teacher_lists(path, list_size=6, hard_negatives=2, seed=5)
+    assert [tl.to_dict() for tl in again] == [tl.to_dict() for tl in lists]  # seeded
 
 
 def test_lists_roundtrip_jsonl(tmp_path: Path) -> None:
@@ -167,3 +191,31 @@ def test_embedded_dataset_gives_full_lists_with_one_positive() -> None:
     for tl in lists:
         assert len(tl.passages) == 8 and len(tl.positives) == 1 and len(tl.hard_negatives) == 3
         assert tl.labels[tl.positives[0]] > 0 and sum(tl.labels) == tl.labels[tl.positives[0]]
+
+
+def test_unjudged_teacher_lists_prepare_and_train_like_the_paper_profile(tmp_path: Path) -> None:
+    """config/paper.yaml's stage 2: a user-supplied teacher JSONL without qrels, via the registry."""
+    import yaml
+
+    from resrank.data.prepared import prepare_dataset, read_prepared
+
+    definitions = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/paper.yaml").read_text())[
+        "datasets"]["definitions"]
+    teacher_file = tmp_path / "data" / definitions["teacher-lists"]["path"]
+    teacher_file.parent.mkdir(parents=True)
+    rows = [
+        {"query": f"query {k}",
+         "hits": [{"qid": f"t{k}", "docid": f"d{k}-{i}", "content": f"text {i}", "rank": i + 1, "score": 9.0 - i}
+                  for i in range(5)]}
+        for k in range(3)
+    ]
+    teacher_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    manifest = prepare_dataset("teacher-lists", tmp_path / "data", tmp_path / "prep", definitions)
+    assert manifest["available"] and manifest["counts"]["judgements"] == 0
+    dataset = read_prepared(tmp_path / "prep")
+    lists = build_lists(dataset, None, 4, 2, labels="teacher", teacher_path=tmp_path / "prep" / "candidates.jsonl")
+    assert len(lists) == 3
+    for k, tl in enumerate(lists):
+        assert dict(zip([p.docid for p in tl.passages], tl.labels, strict=True)) == {
+            f"d{k}-{i}": 4.0 - i for i in range(4)
+        }

@@ -32,7 +32,7 @@ def write_prepared(dataset: Dataset, out_dir: str | Path, source: dict[str, Any]
 
     ``source`` (the registry spec or a description) is recorded in the manifest.
     """
-    counts = _validate(dataset)
+    counts = _validate(dataset, require_qrels=_requires_qrels(source))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _remove(out / MANIFEST)  # from here until the new manifest exists the folder reads as incomplete
@@ -108,11 +108,11 @@ def read_prepared(prepared_dir: str | Path, verify: bool = True) -> Dataset:
     dataset = Dataset(
         name=name,
         queries=queries,
-        qrels=read_trec_qrels(folder / QRELS),
+        qrels=read_trec_qrels(folder / QRELS) if (manifest.get("counts") or {}).get("judgements", 1) else {},
         corpus=read_beir_corpus(folder / CORPUS) if CORPUS in files else None,
         candidates=_read_candidates(folder / CANDIDATES) if CANDIDATES in files else None,
     )
-    counts = _validate(dataset)
+    counts = _validate(dataset, require_qrels=_requires_qrels(manifest.get("source")))
     if counts != manifest.get("counts"):
         raise ResRankError(f"{folder / MANIFEST}: counts {manifest.get('counts')} do not match the files ({counts})")
     return dataset
@@ -157,7 +157,12 @@ def subsample_queries(dataset: Dataset, max_queries: int) -> Dataset:
     )
 
 
-def _validate(dataset: Dataset) -> dict[str, int]:
+def _requires_qrels(source: dict[str, Any] | str | None) -> bool:
+    """Only training lists declared unjudged (teacher permutations: judged_only false) may lack qrels."""
+    return not (isinstance(source, dict) and source.get("purpose") == "train" and source.get("judged_only") is False)
+
+
+def _validate(dataset: Dataset, require_qrels: bool = True) -> dict[str, int]:
     """Refuse what no later step can use; return the manifest counts."""
     what = f"dataset '{dataset.name}'"
     if not dataset.queries:
@@ -168,8 +173,11 @@ def _validate(dataset: Dataset) -> dict[str, int]:
     empty = [q.qid for q in dataset.queries if not q.text.strip()]
     if empty:
         raise ResRankError(f"{what}: {len(empty)} query(ies) with empty text (e.g. {empty[0]!r})")
-    if not dataset.qrels:
-        raise ResRankError(f"{what}: no qrels; evaluation and training need judgements")
+    if not dataset.qrels and require_qrels:
+        raise ResRankError(
+            f"{what}: no qrels; evaluation and qrels-labelled training need judgements "
+            "(unjudged teacher lists: purpose train, judged_only false)"
+        )
     if dataset.corpus is None and dataset.candidates is None:
         raise ResRankError(f"{what}: neither a corpus nor candidates; nothing to rank")
     counts = {

@@ -133,7 +133,12 @@ def _validate(name: str, entry: dict[str, Any], from_config: bool) -> DatasetSpe
         elif stage == "bm25" and (not spec.corpus or spec.corpus_optional):
             raise ResRankError(f"{where}: first_stage bm25 on a trec source needs a (non-optional) 'corpus'")
     elif spec.source == "retrieve_results":
-        need("path", "qrels")
+        need("path")
+        if not spec.qrels and spec.judged_only:
+            raise ResRankError(
+                f"{where}: source 'retrieve_results' needs the key 'qrels', or judged_only: false for lists "
+                "without judgements (teacher permutations)"
+            )
     elif spec.source == "ir_datasets":
         need("irds_id")
     elif spec.source == "embedded" and spec.split not in ("train", "test"):
@@ -259,7 +264,7 @@ def _load(spec: DatasetSpec, paths: dict[str, Path]) -> Dataset:
 
         return dataclasses.replace(build_embedded(spec.split), name=name)  # type: ignore[arg-type]
     if spec.source == "retrieve_results":
-        return sources.load_retrieve_results(paths["path"], paths["qrels"], name=name, judged_only=spec.judged_only)
+        return sources.load_retrieve_results(paths["path"], paths.get("qrels"), name=name, judged_only=spec.judged_only)
     if spec.source == "trec":
         corpus = paths.get("corpus")
         if corpus is not None and not corpus.exists():

@@ -194,8 +194,12 @@ def read_retrieve_results(path: str | Path) -> list[CandidateList]:
 
     ``qid``/``docid`` may be ints (rank_llm writes DL qids as ints) and become strings; hits are
     ordered by ``rank`` when given. ``content`` is kept verbatim (it may read "Title: ... Content: ...").
+    A ``.jsonl`` file holds the same entries one per line (rank_llm / RankZephyr training lists).
     """
-    data = read_json(path)
+    if str(path).endswith(".jsonl"):
+        data: Any = [obj for _, obj in iter_jsonl(path)]
+    else:
+        data = read_json(path)
     if not isinstance(data, list):
         raise ResRankError(f'{path}: expected a JSON list of {{"query", "hits"}} entries, got {type(data).__name__}')
     lists: list[CandidateList] = []
@@ -261,11 +265,14 @@ def _parse_hits(hits: list[Any], where: str) -> tuple[str, list[Candidate]]:
 
 
 def load_retrieve_results(
-    path: str | Path, qrels: str | Path, *, name: str = "retrieve_results", judged_only: bool = True
+    path: str | Path, qrels: str | Path | None, *, name: str = "retrieve_results", judged_only: bool = True
 ) -> Dataset:
-    """Candidates (with texts) from a retrieve_results JSON plus qrels from a separate TREC file."""
+    """Candidates (with texts) from a retrieve_results JSON plus qrels from a separate TREC file.
+
+    ``qrels=None`` (with ``judged_only=False``) reads unjudged lists such as teacher permutations.
+    """
     lists = read_retrieve_results(path)
-    judgements = read_trec_qrels(qrels)
+    judgements = read_trec_qrels(qrels) if qrels is not None else {}
     return _with_candidates(Dataset(name=name, queries=[], qrels=judgements), lists, str(path), judged_only)
 
 

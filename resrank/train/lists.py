@@ -12,9 +12,12 @@ Two label sources (``StageConfig.labels``):
   judgement, or whose relevant passages have no text, are skipped.
 * ``"teacher"``: a RankGPT / rank_llm style JSONL, one ``{"query", "hits": [...]}`` per
   line with the hits already in the teacher's order; label of rank ``r`` (0-based) is
-  ``n - r``.
+  ``n - r``. The reranker sees the passages in a seeded random order: the file keeps no
+  first-stage order (RankGPT rewrites ``rank`` and ``score`` to follow the permutation),
+  and lists shown in the teacher's order would teach the model to read the answer off
+  the slot positions (RankZephyr shuffles its teacher lists for the same reason).
 
-Passages keep first-stage order (the order the reranker sees at inference). Hard
+Qrels lists keep first-stage order (the order the reranker sees at inference). Hard
 negatives for InfoNCE are indices into the list: the highest-ranked first-stage candidates
 that are not positives (non-relevant or unjudged). Everything random is drawn from a
 ``random.Random`` seeded with ``(seed, qid)``, so a list does not depend on which other
@@ -115,7 +118,7 @@ def build_lists(
                 f"dataset {dataset.name!r}: labels 'teacher' need a teacher permutation file "
                 "(RankGPT-style JSONL of {'query', 'hits'} in teacher order)"
             )
-        return read_teacher_lists(teacher_path, list_size, hard_negatives, qrels=dataset.qrels)
+        return read_teacher_lists(teacher_path, list_size, hard_negatives, qrels=dataset.qrels, seed=seed)
     if labels != "qrels":
         raise ResRankError(f"build_lists: unknown label source {labels!r}; use 'qrels' or 'teacher'")
     ranked = _ranked_candidates(dataset, run)
@@ -149,11 +152,13 @@ def read_teacher_lists(
     list_size: int,
     hard_negatives: int,
     qrels: Qrels | None = None,
+    seed: int = 13,
 ) -> list[TrainingList]:
     """Lists from a teacher-ordered JSONL (RankGPT ``{"query", "hits"}`` / rank_llm hits).
 
-    Each hit needs ``docid`` and ``content`` (or ``text`` / ``title``). The passages stay
-    in teacher order, truncated to ``list_size``; labels are ``n - rank``. Positives are
+    Each hit needs ``docid`` and ``content`` (or ``text`` / ``title``). The teacher's top
+    ``list_size`` hits are kept, labelled ``n - rank``, and presented in an order drawn
+    from ``random.Random((seed, qid))`` so that slot positions carry no teacher signal. Positives are
     the hits judged relevant in ``qrels`` when the query is judged there, else the
     teacher's top-1. Hard negatives are the non-positive hits with the highest first-stage
     ``score`` when every hit carries one, else the next hits in teacher order.
@@ -189,7 +194,18 @@ def read_teacher_lists(
         rest = [i for i in range(n) if i not in positives]
         if all(isinstance(h.get("score"), (int, float)) for h in hits):
             rest.sort(key=lambda i: -float(hits[i]["score"]))
-        out.append(TrainingList(Query(qid, text), passages, lab, positives, rest[:hard_negatives]))
+        shown = list(range(n))
+        random.Random(f"{seed}:{qid}").shuffle(shown)  # shown[k] = teacher index of slot k
+        slot_of = {teacher_index: slot for slot, teacher_index in enumerate(shown)}
+        out.append(
+            TrainingList(
+                Query(qid, text),
+                [passages[i] for i in shown],
+                [lab[i] for i in shown],
+                sorted(slot_of[i] for i in positives),
+                [slot_of[i] for i in rest[:hard_negatives]],
+            )
+        )
     return out
 
 
