@@ -56,6 +56,7 @@ class RerankerConfig:
     max_query_length: int
     depth: int
     batch_size: int
+    query_residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ class StageConfig:
     checkpoint_every: int
     upsample: dict[str, int] = field(default_factory=dict)
     train_encoder: bool | None = None
+    resample: bool = False
+
+    @property
+    def draws_upsampled_lists(self) -> bool:
+        """Upsampled copies are fresh candidate draws (qrels lists only; teacher lists are fixed)."""
+        return self.resample and self.labels == "qrels"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,22 @@ def test_plan_rejects_a_bad_dataset_definition_before_any_job() -> None:
         make_plan(data)
 
 
+def test_paper_profile_layered_over_the_default_keeps_the_papers_readings() -> None:
+    """Snakemake merges ``--configfile config/paper.yaml`` over config/config.yaml, so every CPU-only
+    choice of the default profile must be undone explicitly in the paper profile."""
+    from resrank.config import merge
+
+    default = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    paper = yaml.safe_load((REPO / "config/paper.yaml").read_text())
+    cfg = resolve(merge(default, paper), "resrank", source="config/config.yaml + config/paper.yaml")
+    assert (cfg.reranker.residual_scale, cfg.reranker.query_residual) == (1.0, False)
+    assert cfg.train.train_encoder is True
+    for stage in cfg.train.stages:
+        assert stage.train_encoder in (None, True), f"{stage.name} would freeze the encoder"
+        assert not stage.resample
+    assert [s.datasets for s in cfg.train.stages] == [("msmarco-train",), ("teacher-lists",)]
+
+
 def test_schema_fills_defaults() -> None:
     cfg = resolve({"profile": "x", "train": {"stages": {"stage1": {"datasets": ["embedded-train"]},
                                                         "stage2": {"datasets": ["embedded-train"]}}}})

@@ -87,6 +87,12 @@ def hand_scores(model: ResRankModel, query: str, emb: torch.Tensor) -> tuple[tor
     else:
         r = h + cfg.residual_scale * p
     q_state = hidden[-1]
+    if cfg.query_residual and cfg.residual:
+        with torch.no_grad():
+            e_q = model.projector(model.encoder([query], "query"))[0]
+        if cfg.residual_norm:
+            q_state, e_q = F.normalize(q_state, dim=-1), F.normalize(e_q, dim=-1)
+        q_state = q_state + cfg.residual_scale * e_q
     return F.cosine_similarity(q_state.unsqueeze(0), r, dim=-1), x.shape[1]
 
 
@@ -100,6 +106,9 @@ def hand_scores(model: ResRankModel, query: str, emb: torch.Tensor) -> tuple[tor
         {"residual_norm": True},
         {"prompt_order": "passages-first"},
         {"projector": "mlp"},
+        {"query_residual": True, "residual_scale": 8.0},
+        {"query_residual": True, "residual_norm": True},
+        {"query_residual": True, "projector": "mlp"},
     ],
 )
 def test_scores_equal_hand_computation(reranker: str, overrides: dict) -> None:
@@ -123,6 +132,18 @@ def test_residual_changes_scores_and_states() -> None:
     # same weights (same seed): r_i differs exactly by P(e_i) = e_i (identity projector)
     torch.testing.assert_close(with_res.passage_states[0] - without.passage_states[0], embs[0], atol=1e-5, rtol=0)
     assert not torch.allclose(with_res.scores, without.scores)
+
+
+def test_query_residual_adds_the_encoder_query_vector_to_the_summary_state() -> None:
+    embs = embeddings([5])
+    model = build(residual_scale=8.0)
+    with torch.no_grad():
+        plain = model(QUERIES[:2], embs + embeddings([3], seed=2))
+        model.cfg = replace(model.cfg, query_residual=True)
+        with_query = model(QUERIES[:2], embs + embeddings([3], seed=2))
+        e_q = model.encoder(QUERIES[:2], "query")
+    torch.testing.assert_close(with_query.query_states - plain.query_states, 8.0 * e_q, atol=1e-4, rtol=0)
+    torch.testing.assert_close(with_query.passage_states, plain.passage_states)
 
 
 @pytest.mark.parametrize("reranker", ["tiny-qwen3", "tiny-bert"])
@@ -189,14 +210,28 @@ def test_ranking_gradients_reach_the_encoder() -> None:
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.reranker.parameters())
 
 
-def test_frozen_or_no_grad_encoder_gets_no_gradient() -> None:
+def test_query_residual_sends_ranking_gradients_through_the_query_vector() -> None:
+    model = build(query_residual=True)
+    with torch.no_grad():
+        embs = model.embed_passages([["python is a language", "tea is a drink"]])
+    model(QUERIES[:1], embs).scores.sum().backward()
+    enc_grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
+    assert enc_grads and sum(float(g.abs().sum()) for g in enc_grads) > 0
+
+
+@pytest.mark.parametrize("query_residual", [False, True])
+def test_frozen_encoder_gets_no_gradient(query_residual: bool) -> None:
     passages = [["python is a language", "tea is a drink"]]
-    model = build()
+    model = build(query_residual=query_residual)
     model.encoder.requires_grad_(False)
     model.score_texts(QUERIES[:1], passages).scores.sum().backward()
     assert all(p.grad is None for p in model.encoder.parameters())
     assert any(p.grad is not None for p in model.reranker.parameters())
 
+
+def test_passage_embeddings_made_without_grad_give_the_encoder_no_gradient() -> None:
+    """Without the query residual the encoder enters only through the passage vectors."""
+    passages = [["python is a language", "tea is a drink"]]
     model = build()
     with torch.no_grad():
         embs = model.embed_passages(passages)

@@ -71,6 +71,29 @@ def test_missing_positive_is_inserted_replacing_the_last_candidate() -> None:
     assert len(set(positions.values())) > 1  # the slot is random, not fixed
 
 
+def test_extra_lists_per_query_are_seeded_draws_from_the_whole_first_stage_list() -> None:
+    queries = [Query("q1", "query one")]
+    docs = [f"d{j}" for j in range(40)]
+    qrels = {"q1": {"d3": 2, "d17": 1, "d31": 1, "d5": 0}}
+    dataset = Dataset("toy", queries, qrels, corpus={d: Passage(d, f"text {d}") for d in docs})
+    run = {"q1": {d: 100.0 - r for r, d in enumerate(docs)}}
+    lists = build_lists(dataset, run, list_size=6, hard_negatives=2, seed=4, lists_per_query=5)
+    assert len(lists) == 5
+    assert [p.docid for p in lists[0].passages] == docs[:6]  # the top list comes first, unchanged
+    drawn = [[p.docid for p in tl.passages] for tl in lists]
+    assert len({tuple(d) for d in drawn}) == 5  # five different lists
+    for tl, ids in zip(lists, drawn, strict=True):
+        assert len(ids) == 6 and len(set(ids)) == 6
+        assert ids == sorted(ids, key=docs.index)  # first-stage order kept
+        assert tl.labels == [float(max(qrels["q1"].get(d, 0), 0)) for d in ids]
+        assert tl.positives and all(tl.labels[i] > 0 for i in tl.positives)
+        assert tl.hard_negatives == [i for i, g in enumerate(tl.labels) if g == 0][:2]
+    assert any(max(docs.index(d) for d in ids) >= 6 for ids in drawn[1:])  # reaches below the top list
+    again = build_lists(dataset, run, list_size=6, hard_negatives=2, seed=4, lists_per_query=5)
+    assert [tl.to_dict() for tl in again] == [tl.to_dict() for tl in lists]
+    assert [tl.to_dict() for tl in build_lists(dataset, run, 6, 2, seed=4)] == [lists[0].to_dict()]
+
+
 def test_lists_from_precomputed_candidates_one_positive_each() -> None:
     """Embedded-style data: one relevant passage per query -> lists of list_size, one positive."""
     queries = [Query(f"q{i}", f"query {i}") for i in range(5)]

@@ -316,6 +316,17 @@ def test_upsample_repeats_a_datasets_lists_in_each_epoch() -> None:
     assert len(trainer._stage_pool(ignored.train.stages[0], {"big": big})) == len(big)
 
 
+def test_resampled_upsampling_takes_the_drawn_lists_once_each() -> None:
+    """With ``resample`` the N lists of a query were built as N different draws: no repeats here."""
+    cfg = make_cfg(stage={"datasets": ["toy", "big"], "upsample": {"toy": 3}, "resample": True})
+    toy, big = toy_lists()[:3], toy_lists()
+    assert cfg.train.stages[0].draws_upsampled_lists
+    assert len(trainer._stage_pool(cfg.train.stages[0], {"toy": toy, "big": big})) == len(toy) + len(big)
+    teacher = make_cfg(stage={"datasets": ["toy"], "upsample": {"toy": 3}, "resample": True, "labels": "teacher"})
+    assert not teacher.train.stages[0].draws_upsampled_lists  # teacher lists are fixed: repeated instead
+    assert len(trainer._stage_pool(teacher.train.stages[0], {"toy": toy})) == 3 * len(toy)
+
+
 def test_autoregressive_listmle_trains(tmp_path: Path) -> None:
     cfg = make_cfg(
         reranker="tiny-qwen3", stage={"steps": 8, "checkpoint_every": 10}, rank_loss="listmle", lambda_retrieval=0.0

@@ -36,9 +36,14 @@ real positions, so a query's scores do not depend on its batch mates.
 
 ``residual=False`` gives the "no residual" ablation ``r_i = h_i``; ``residual_norm``
 L2-normalises ``h_i`` and ``P(e_i)`` before the sum; ``alpha = residual_scale`` (1 in the
-paper's reading). One forward pass of ``R`` scores the whole list: it processes
-``prompt + n + 1`` tokens and generates none. Scores are raw cosines; the training losses
-divide by their temperature.
+paper's reading). ``query_residual`` (off in the paper's reading) mirrors the residual on
+the query side, ``q = H[summary] + alpha * P(E(query))`` with ``E(query)`` the encoder's
+query vector: the untrained model then scores close to the encoder's own cosine and
+training learns a listwise correction (the default CPU profile's choice, docs/fidelity.md);
+without the residual (``residual=False``) it is off too. One forward pass of ``R`` scores
+the whole list: it processes ``prompt + n + 1`` tokens and generates none (the query
+residual adds one encoder pass over the query text, as dense retrieval needs anyway).
+Scores are raw cosines; the training losses divide by their temperature.
 
 **Autoregressive ablation** (PE-Rank style dynamic constrained decoding, method.md §3).
 The same prompt (the summary token now means "start ranking") is run once; then at step
@@ -461,13 +466,15 @@ class ResRankModel(nn.Module):
             projected = F.normalize(projected, dim=-1)
         return h + self.cfg.residual_scale * projected
 
-    def _states(self, batch: _Batch, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def _states(self, batch: _Batch, hidden: Tensor, queries: list[str]) -> tuple[Tensor, Tensor]:
         """Hidden states -> (q at the summary token [B, H], r_i at the slots [B, N, H]), float32."""
         rows = batch.rows
         h = hidden[rows[:, None], batch.slot_index]
         r = self.residual(h, batch.projected) * batch.slot_mask.unsqueeze(-1)
-        q = hidden[rows, batch.summary_index].float()
-        return q, r
+        q = hidden[rows, batch.summary_index]
+        if self.cfg.query_residual and self.cfg.residual:
+            q = self.residual(q, self.projector(self.encoder(queries, "query")))
+        return q.float(), r
 
     # ---------------------------------------------------------------- one-step scoring
 
@@ -486,7 +493,7 @@ class ResRankModel(nn.Module):
                 generated_tokens=[],
             )
         batch = self._assemble(queries, passage_embeddings)
-        q, r = self._states(batch, self._run(batch))
+        q, r = self._states(batch, self._run(batch), queries)
         scores = cosine(q.unsqueeze(1), r).squeeze(1).masked_fill(~batch.slot_mask, float("-inf"))
         return RerankOutput(
             scores=scores,
@@ -537,7 +544,7 @@ class ResRankModel(nn.Module):
             hidden = self._run(batch, cache=cache, use_cache=True)
         else:
             hidden = self._run(batch)
-        g, r = self._states(batch, hidden)
+        g, r = self._states(batch, hidden, queries)
         emitted = ~batch.slot_mask
         step_logits = torch.full((len(queries), n_max, n_max), float("-inf"), device=g.device)
         orders: list[list[int]] = [[] for _ in queries]
@@ -628,7 +635,7 @@ class ResRankModel(nn.Module):
             return []
         batch = self._assemble(queries, passage_embeddings, [list(order[:-1]) for order in orders])
         hidden = self._run(batch)
-        q, r = self._states(batch, hidden)
+        q, r = self._states(batch, hidden, queries)
         rows = batch.rows
         fed = hidden[rows[:, None], batch.appended_index].float()  # g_1 .. g_{n-1}
         g = torch.cat([q.unsqueeze(1), fed], dim=1)  # [B, T, H], T = n_max

@@ -25,8 +25,9 @@ def load_training_lists(cfg: ResRankConfig, stage_name: str, datasets: list[str]
         run_path = runs_dir / name / "bm25.trec"
         run = read_trec_run(run_path) if run_path.exists() else None
         teacher = data_dir / name / "candidates.jsonl" if stage.labels == "teacher" else None
+        per_query = stage.upsample.get(name, 1) if stage.draws_upsampled_lists else 1
         lists[name] = build_lists(dataset, run, stage.list_size, stage.hard_negatives, stage.labels, cfg.seed,
-                                  teacher_path=teacher)
+                                  teacher_path=teacher, lists_per_query=per_query)
         log.info("stage %s: %d training lists from %s", stage_name, len(lists[name]), name)
     if not any(lists.values()):
         raise ResRankError(f"stage {stage_name}: no training list could be built from {', '.join(datasets)} "

@@ -17,7 +17,11 @@ Two label sources (``StageConfig.labels``):
   and lists shown in the teacher's order would teach the model to read the answer off
   the slot positions (RankZephyr shuffles its teacher lists for the same reason).
 
-Qrels lists keep first-stage order (the order the reranker sees at inference). Hard
+Qrels lists keep first-stage order (the order the reranker sees at inference). With
+``lists_per_query > 1`` (a stage's ``upsample`` with ``resample``) a query gets its top list
+plus draws of ``list_size`` candidates from its whole first-stage list, still in first-stage
+order and with at least one relevant passage, so an upsampled small dataset (DL21 judges
+about half of each top-100) shows new judgements instead of the same list again. Hard
 negatives for InfoNCE are indices into the list: the highest-ranked first-stage candidates
 that are not positives (non-relevant or unjudged). Everything random is drawn from a
 ``random.Random`` seeded with ``(seed, qid)``, so a list does not depend on which other
@@ -98,6 +102,7 @@ def build_lists(
     labels: LabelSource = "qrels",
     seed: int = 13,
     teacher_path: str | Path | None = None,
+    lists_per_query: int = 1,
 ) -> list[TrainingList]:
     """Training lists for one dataset (see the module docstring for the rules).
 
@@ -109,6 +114,8 @@ def build_lists(
         labels: "qrels" (graded judgements) or "teacher" (needs ``teacher_path``).
         seed: makes insertion positions reproducible.
         teacher_path: RankGPT-style JSONL in teacher order, for ``labels="teacher"``.
+        lists_per_query: qrels lists only: the top list plus ``lists_per_query - 1`` draws
+            (``_drawn_list``), so an upsampled small dataset shows more distinct judgements.
     """
     if list_size < 1:
         raise ResRankError(f"build_lists: list_size must be >= 1, got {list_size}")
@@ -140,11 +147,32 @@ def build_lists(
             if len(top) >= list_size:
                 top = top[: list_size - 1]  # all non-relevant here, so this drops the last non-relevant
             top.insert(rng.randrange(len(top) + 1), best)
-        grades = [float(max(judged.get(p.docid, 0), 0)) for p in top]
-        positives = [i for i, g in enumerate(grades) if g > 0]
-        negatives = [i for i, g in enumerate(grades) if g <= 0][:hard_negatives]
-        out.append(TrainingList(query, top, grades, positives, negatives))
+        lists = [top]
+        for draw in range(1, lists_per_query):
+            lists.append(_drawn_list(passages, relevant, list_size, random.Random(f"{seed}:{query.qid}:{draw}"), top))
+        for chosen in lists:
+            grades = [float(max(judged.get(p.docid, 0), 0)) for p in chosen]
+            positives = [i for i, g in enumerate(grades) if g > 0]
+            negatives = [i for i, g in enumerate(grades) if g <= 0][:hard_negatives]
+            out.append(TrainingList(query, chosen, grades, positives, negatives))
     return out
+
+
+def _drawn_list(
+    passages: list[Passage], relevant: Mapping[str, int], list_size: int, rng: random.Random, top: list[Passage]
+) -> list[Passage]:
+    """``list_size`` candidates drawn from the whole first-stage list, kept in first-stage order,
+    with at least one relevant passage (the top list's own when the candidates hold none)."""
+    if len(passages) <= list_size:
+        return list(top)
+    picked = sorted(rng.sample(range(len(passages)), list_size))
+    if not any(passages[i].docid in relevant for i in picked):
+        relevant_at = [i for i, p in enumerate(passages) if p.docid in relevant]
+        if not relevant_at:
+            return list(top)  # the only relevant passage came from outside the candidates
+        picked[rng.randrange(list_size)] = rng.choice(relevant_at)
+        picked = sorted(set(picked))
+    return [passages[i] for i in picked]
 
 
 def read_teacher_lists(

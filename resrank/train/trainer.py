@@ -950,7 +950,9 @@ def _stage_pool(
                 f"stage {stage.name}: no training lists for dataset(s) {', '.join(missing)} "
                 f"(have: {', '.join(sorted(lists)) or 'none'})"
             )
-        raw = [tl for d in stage.datasets for _ in range(stage.upsample.get(d, 1)) for tl in lists[d]]
+        # redrawn upsampled lists were built as extra lists (load_training_lists); only repeats are made here
+        copies = {d: 1 if stage.draws_upsampled_lists else stage.upsample.get(d, 1) for d in stage.datasets}
+        raw = [tl for d in stage.datasets for _ in range(copies[d]) for tl in lists[d]]
     else:
         raw = list(lists)
     pool = [_fit_list(tl, stage.list_size, stage.hard_negatives) for tl in raw]

@@ -47,6 +47,10 @@ rule position_study:
         checkpoint=lambda w: checkpoint_flag(w.variant),
         orders=config["report"]["position_orders"],
     threads: lambda w: model_threads("position_study")
+    resources:
+        mem_mb=lambda w: res("position_study", "mem_mb", 8000),
+        runtime=lambda w: res("position_study", "runtime", 60),
+        gpu=lambda w: res("position_study", "gpus", 0),
     log:
         f"{OUT}/logs/position/{{dataset}}/{{variant}}.log",
     shell:
@@ -65,6 +69,10 @@ rule efficiency:
     params:
         efficiency=lambda w: section("efficiency"),
     threads: lambda w: model_threads("efficiency")
+    resources:
+        mem_mb=lambda w: res("efficiency", "mem_mb", 8000),
+        runtime=lambda w: res("efficiency", "runtime", 60),
+        gpu=lambda w: res("efficiency", "gpus", 0),
     log:
         f"{OUT}/logs/efficiency.log",
     shell:
