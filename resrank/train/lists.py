@@ -170,8 +170,8 @@ def _drawn_list(
         relevant_at = [i for i, p in enumerate(passages) if p.docid in relevant]
         if not relevant_at:
             return list(top)  # the only relevant passage came from outside the candidates
-        picked[rng.randrange(list_size)] = rng.choice(relevant_at)
-        picked = sorted(set(picked))
+        picked[rng.randrange(list_size)] = rng.choice(relevant_at)  # none was relevant: no duplicate
+        picked.sort()
     return [passages[i] for i in picked]
 
 
